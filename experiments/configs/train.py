@@ -1,0 +1,61 @@
+r"""Train a classifier on one domain, evaluate on both, save it for transfer.
+
+Source run (mnist1d clean domain), then a transfer run on the noisy domain
+that loads everything but the head:
+
+  python experiments/train.py --workdir=/tmp/tljax/src
+  python experiments/train.py --workdir=/tmp/tljax/tgt \
+      --config.train_on=target --config.labels_per_class=20 \
+      --config.init_from=/tmp/tljax/src
+
+Your own arrays (x, y; y optional for unlabelled targets):
+
+  python experiments/train.py --workdir=/tmp/tljax/mine \
+      --config.source=npz:src.npz --config.target=npz:tgt.npz
+
+Measured on this 2-core CPU (see BUILD.md for the run): the source run gives
+source_accuracy 0.95 and target_accuracy 0.57 on mnist1d:noisy in ~1 min.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.source = "mnist1d:clean"
+  config.target = "mnist1d:noisy"
+  config.train_on = "source"       # or "target"
+  config.labels_per_class = -1     # label budget for the training set; -1 all
+  config.data_dir = ""             # TFDS data dir for tfds: specs
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "auto"       # auto | mlp | cnn1d | cnn2d
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "cosine"
+  config.optim.warmup_steps = 100
+  config.optim.grad_clip_norm = 1.0
+  # Ordered (regex, multiplier) rules; None freezes. Empty: train everything.
+  # e.g. (("backbone/layer_[01]/.*", None), ("backbone/.*", 0.1), (".*", 1.0))
+  config.optim.lr_rules = ()
+
+  config.init_from = ""            # workdir or params dir of a source run
+  config.dont_load = ("head/.*",)  # target leaves kept from fresh init
+
+  config.num_steps = 3000
+  config.batch_size = 64
+  config.eval_every = 1000
+  config.log_every = 250
+  config.checkpoint_every = 1000
+  config.parallel = "auto"         # auto | single | mesh | pmap
+
+  if arg == "quick":
+    config.num_steps = 20
+    config.optim.warmup_steps = 2
+    config.eval_every = 10
+    config.log_every = 10
+    config.checkpoint_every = 10
+  return config

@@ -1,0 +1,9 @@
+"""Data sources by name, batch iterators, episodes."""
+
+from tljax.data.batching import batch_indices
+from tljax.data.batching import batches
+from tljax.data.batching import eval_batches
+from tljax.data.sources import Dataset
+from tljax.data.sources import load
+
+__all__ = ["Dataset", "load", "batches", "batch_indices", "eval_batches"]

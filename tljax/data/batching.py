@@ -1,0 +1,76 @@
+"""Seeded, resumable batch iterators and evaluation batches.
+
+The batch at step ``s`` is a pure function of ``(seed, s)``: examples are
+visited in a fresh permutation every epoch, so a run resumed at step ``s``
+sees exactly the batches an uninterrupted run would. With several processes
+(multi-host), each takes its contiguous slice of the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+
+
+def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng((seed, epoch)).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Indices of the global batch at ``step`` (wrapping across epochs)."""
+  if n <= 0:
+    raise ValueError("cannot draw batches from an empty data set")
+  start = step * batch_size
+  out, pos = [], start
+  while pos < start + batch_size:
+    epoch, offset = divmod(pos, n)
+    take = min(n - offset, start + batch_size - pos)
+    out.append(_epoch_perm(n, seed, epoch)[offset:offset + take])
+    pos += take
+  return np.concatenate(out)
+
+
+def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
+            start_step: int = 0, process_index: int | None = None,
+            process_count: int | None = None) -> Iterator[dict]:
+  """Infinite iterator of this process's part of each global batch.
+
+  Args:
+    arrays: same-length arrays, e.g. ``{'x': x, 'y': y}``.
+    batch_size: the global batch size (over all processes).
+    seed: shuffling seed.
+    start_step: the step of the first batch (for resuming).
+    process_index, process_count: default ``jax.process_index()`` and
+      ``jax.process_count()``.
+  """
+  lengths = {k: len(v) for k, v in arrays.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f"arrays must have the same length, got {lengths}")
+  n = next(iter(lengths.values()))
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if batch_size % pc:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"{pc} processes")
+  per = batch_size // pc
+  step = start_step
+  while True:
+    idx = batch_indices(n, batch_size, step, seed)[pi * per:(pi + 1) * per]
+    yield {k: v[idx] for k, v in arrays.items()}
+    step += 1
+
+
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int
+                 ) -> Iterator[tuple[dict, int]]:
+  """Fixed-size batches over all examples, the last one padded.
+
+  Yields ``(batch, num_valid)``: padding repeats the last example so shapes
+  (and compiled functions) stay fixed; drop rows past ``num_valid``.
+  """
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    idx = np.arange(start, start + batch_size).clip(max=n - 1)
+    yield {k: v[idx] for k, v in arrays.items()}, stop - start

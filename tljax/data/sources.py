@@ -1,0 +1,365 @@
+"""Data sources named by a string, the same in configs, flags and Python.
+
+    load("mnist1d")                  # mnist1d, clean source domain
+    load("mnist1d:noisy", "test")    # a shifted target domain
+    load("digits:rotated")           # scikit-learn 8x8 digits, rotated 30 deg
+    load("moons:30")                 # two moons rotated by 30 degrees
+    load("npz:/path/to/target.npz")  # your arrays: x, y (y optional)
+    load("tfds:mnist")               # a prepared TensorFlow Datasets set
+
+Every source returns a :class:`Dataset` of numpy arrays: ``x`` float32 with
+the example axis first (images NHWC), ``y`` int32 labels or ``None``.
+Embedded sources (mnist1d, digits, moons) need no network; they are
+generated with fixed seeds, so a spec names the same data everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass
+class Dataset:
+  """Arrays of one split of one data source."""
+  x: np.ndarray
+  y: np.ndarray | None
+  num_classes: int | None
+  name: str
+
+  def __len__(self):
+    return len(self.x)
+
+  @property
+  def example_shape(self) -> tuple[int, ...]:
+    return tuple(self.x.shape[1:])
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {"x": self.x} if self.y is None else {"x": self.x, "y": self.y}
+
+  def require_labels(self, num_classes: int | None = None) -> "Dataset":
+    """Raises unless labelled, with labels in ``[0, num_classes)``."""
+    if self.y is None:
+      raise ValueError(f"data set {self.name!r} has no labels (its npz has no "
+                       "'y'); this use needs labelled data.")
+    n = self.num_classes if num_classes is None else num_classes
+    check_labels(self.y, n, self.name)
+    return self
+
+
+def check_labels(y: np.ndarray, num_classes: int, name: str):
+  bad = (y < 0) | (y >= num_classes)
+  if bad.any():
+    raise ValueError(
+        f"data set {name!r}: labels must lie in [0, {num_classes}), but "
+        f"{int(bad.sum())} do not (e.g. {sorted(set(y[bad].tolist()))[:5]}). "
+        "Map your labels to 0..num_classes-1, or give the model more classes.")
+
+
+# ----------------------------------------------------------------- mnist1d
+# Domain presets are the mnist1d generator's own arguments (Greydanus, 2020):
+# the clean source has little noise; the targets shift one property each.
+MNIST1D_PRESETS = {
+    "clean": dict(corr_noise_scale=0.1, iid_noise_scale=0.01,
+                  shear_scale=0.5, scale_coeff=0.4),
+    "standard": {},  # the published MNIST-1D generator settings
+    "noisy": dict(corr_noise_scale=0.6, iid_noise_scale=0.15,
+                  shear_scale=0.5, scale_coeff=0.4),
+    "sheared": dict(corr_noise_scale=0.1, iid_noise_scale=0.01,
+                    shear_scale=1.75, scale_coeff=0.9),
+    "translated": dict(corr_noise_scale=0.1, iid_noise_scale=0.01,
+                       shear_scale=0.5, scale_coeff=0.4, max_translation=60,
+                       padding=[24, 72]),
+}
+
+
+def _cache_dir() -> str:
+  d = os.environ.get("TLJAX_CACHE",
+                     os.path.join(os.path.expanduser("~"), ".cache", "tljax"))
+  os.makedirs(d, exist_ok=True)
+  return d
+
+
+def _mnist1d(preset: str, num_samples: int = 5000) -> dict[str, np.ndarray]:
+  if preset not in MNIST1D_PRESETS:
+    raise ValueError(f"unknown mnist1d preset {preset!r}; choose one of "
+                     f"{sorted(MNIST1D_PRESETS)}")
+  path = os.path.join(_cache_dir(), f"mnist1d_{preset}_{num_samples}_v1.npz")
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return dict(f)
+  from mnist1d import data as m1d  # pylint: disable=g-import-not-at-top
+  args = m1d.get_dataset_args()
+  args.num_samples = num_samples
+  # Each domain draws its own examples, so source and target never share one.
+  args.seed = 42 + sorted(MNIST1D_PRESETS).index(preset)
+  for k, v in MNIST1D_PRESETS[preset].items():
+    setattr(args, k, v)
+  # mnist1d seeds numpy's and python's global generators; keep ours intact.
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    d = m1d.make_dataset(args)
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  out = {"x": d["x"].astype(np.float32), "y": d["y"].astype(np.int32),
+         "x_test": d["x_test"].astype(np.float32),
+         "y_test": d["y_test"].astype(np.int32)}
+  tmp = path + f".{os.getpid()}.tmp.npz"
+  np.savez(tmp, **out)
+  os.replace(tmp, path)
+  return out
+
+
+# ------------------------------------------------------------------ digits
+def _digits(preset: str) -> dict[str, np.ndarray]:
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  d = datasets.load_digits()
+  x = (d.images / 16.0).astype(np.float32)
+  y = d.target.astype(np.int32)
+  m = re.fullmatch(r"rotated(-?\d+(?:\.\d+)?)?", preset)
+  if preset == "clean":
+    pass
+  elif m:
+    angle = float(m.group(1) or 30.0)
+    x = np.stack([ndimage.rotate(im, angle, reshape=False, order=1)
+                  for im in x]).clip(0, 1)
+  elif preset == "inverted":
+    x = 1.0 - x
+  elif preset == "noisy":
+    x = (x + np.random.default_rng(7).normal(0, 0.3, x.shape)).astype(
+        np.float32)
+  else:
+    raise ValueError(f"unknown digits preset {preset!r}; choose clean, "
+                     "rotated, rotated<degrees> (e.g. rotated45), inverted "
+                     "or noisy")
+  x = x[..., None].astype(np.float32)
+  xtr, xte, ytr, yte = model_selection.train_test_split(
+      x, y, test_size=0.3, random_state=0, stratify=y)
+  return {"x": xtr, "y": ytr, "x_test": xte, "y_test": yte}
+
+
+# ------------------------------------------------------------------- moons
+def _moons(arg: str) -> dict[str, np.ndarray]:
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    angle = float(arg) if arg else 0.0
+  except ValueError:
+    raise ValueError(f"moons:<angle> needs an angle in degrees, got {arg!r} "
+                     "(e.g. moons:30)") from None
+  out = {}
+  for split, n, seed in (("", 1000, 0), ("_test", 500, 1)):
+    # Different draws per angle, so a rotated target is not the source's
+    # points turned.
+    rs = (seed * 1000003 + int(round(angle * 10))) % (2**31)
+    x, y = datasets.make_moons(n, noise=0.1, random_state=rs)
+    x = x - np.array([0.5, 0.25])
+    t = np.deg2rad(angle)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    out["x" + split] = (x @ rot.T).astype(np.float32)
+    out["y" + split] = y.astype(np.int32)
+  return out
+
+
+# --------------------------------------------------------------------- npz
+def _npz(path: str, split: str, name: str) -> tuple:
+  if not path:
+    raise ValueError("npz:<path> needs a file path, e.g. npz:data/target.npz")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"data set {name!r}: no file at {path!r}. Save your arrays with "
+        "np.savez(path, x=..., y=...) (y optional; x_test/y_test optional).")
+  with np.load(path, allow_pickle=False) as f:
+    arrays = dict(f)
+  if "x" not in arrays:
+    raise ValueError(f"data set {name!r}: {path} has keys {sorted(arrays)} "
+                     "but needs 'x' (examples first), and optionally 'y', "
+                     "'x_test', 'y_test', 'num_classes'.")
+  num_classes = (int(arrays["num_classes"]) if "num_classes" in arrays
+                 else None)
+  if "x_test" in arrays:
+    key = "" if split == "train" else "_test"
+    x, y = arrays["x" + key], arrays.get("y" + key)
+  else:
+    # No test arrays: hold out a fixed 20% (the same on every run).
+    n = len(arrays["x"])
+    perm = np.random.default_rng(0).permutation(n)
+    cut = n - max(1, n // 5) if n > 1 else n
+    idx = perm[:cut] if split == "train" else perm[cut:]
+    x = arrays["x"][idx]
+    y = arrays["y"][idx] if "y" in arrays else None
+  x = np.asarray(x)
+  if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
+    raise ValueError(f"data set {name!r}: x must be a numeric array with the "
+                     f"example axis first, shape (n, ...); got {x.dtype} "
+                     f"{x.shape}.")
+  if y is not None:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(x):
+      raise ValueError(f"data set {name!r}: y must have shape ({len(x)},) to "
+                       f"match x {x.shape}; got {y.shape}.")
+    if not np.issubdtype(y.dtype, np.integer):
+      if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
+        y = y.astype(np.int64)
+      else:
+        raise ValueError(f"data set {name!r}: y must hold integer class "
+                         f"labels; got dtype {y.dtype}.")
+    if num_classes is None:
+      all_y = [np.asarray(arrays[k]) for k in ("y", "y_test") if k in arrays]
+      num_classes = int(max(int(a.max()) for a in all_y if a.size)) + 1
+    check_labels(y, num_classes, name)
+    y = y.astype(np.int32)
+  return x.astype(np.float32), y, num_classes
+
+
+# -------------------------------------------------------------------- tfds
+def _tfds(arg: str, split: str, name: str, data_dir: str | None,
+          image_key: str = "image", label_key: str = "label") -> tuple:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  parts = arg.split(":")
+  ds_name = parts[0]
+  if not ds_name:
+    raise ValueError("tfds:<name>[:<train split>[:<test split>]] needs a "
+                     "data set name, e.g. tfds:mnist")
+  split_names = {"train": parts[1] if len(parts) > 1 else "train",
+                 "test": parts[2] if len(parts) > 2 else "test"}
+  try:
+    builder = tfds.builder(ds_name, data_dir=data_dir)
+  except Exception as e:  # tfds raises its own DatasetNotFoundError types.
+    raise ValueError(f"data set {name!r}: TensorFlow Datasets does not know "
+                     f"{ds_name!r}: {e}") from None
+  if not builder.is_prepared():
+    raise RuntimeError(
+        f"data set {name!r} is not prepared in {builder.data_dir!r}, and "
+        "tljax never downloads during a run. Prepare it once on a machine "
+        "with network (python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.builder('{ds_name}', data_dir=DIR, file_format="
+        "'array_record').download_and_prepare()\"), copy DIR here and pass "
+        "--config.data_dir=DIR (or set TFDS_DATA_DIR).")
+  source = tfds.data_source(ds_name, split=split_names[split],
+                            data_dir=data_dir, download=False)
+  n = len(source)
+  first = source[0]
+  if image_key not in first:
+    raise ValueError(f"data set {name!r}: examples have keys {sorted(first)}, "
+                     f"no {image_key!r}")
+  x = np.stack([np.asarray(source[i][image_key]) for i in range(n)])
+  x = x.astype(np.float32)
+  if np.issubdtype(np.asarray(first[image_key]).dtype, np.integer):
+    x = x / 255.0
+  y = None
+  num_classes = None
+  if label_key in first:
+    y = np.asarray([int(source[i][label_key]) for i in range(n)], np.int32)
+    feat = builder.info.features[label_key]
+    num_classes = int(getattr(feat, "num_classes", int(y.max()) + 1))
+  return x, y, num_classes
+
+
+# ------------------------------------------------------------------ public
+def _subset(x, y, num_classes, *, classes, labels_per_class, num_examples,
+            seed, relabel, name):
+  if classes is not None:
+    if y is None:
+      raise ValueError(f"data set {name!r}: a class subset needs labels")
+    classes = list(classes)
+    bad = [c for c in classes if not 0 <= c < (num_classes or 0)]
+    if bad:
+      raise ValueError(f"data set {name!r}: classes {bad} are not in "
+                       f"[0, {num_classes})")
+    keep = np.isin(y, classes)
+    x, y = x[keep], y[keep]
+    if relabel:
+      lut = np.full(num_classes, -1, np.int32)
+      lut[classes] = np.arange(len(classes))
+      y, num_classes = lut[y], len(classes)
+  rng = np.random.default_rng(seed)
+  if labels_per_class is not None:
+    if y is None:
+      raise ValueError(f"data set {name!r}: labels_per_class needs labels")
+    if labels_per_class < 1:
+      raise ValueError(f"labels_per_class must be >= 1, got "
+                       f"{labels_per_class}")
+    idx = []
+    for c in np.unique(y):
+      cidx = np.flatnonzero(y == c)
+      idx.append(rng.choice(cidx, min(labels_per_class, len(cidx)),
+                            replace=False))
+    idx = rng.permutation(np.concatenate(idx))
+    x, y = x[idx], y[idx]
+  if num_examples is not None and num_examples < len(x):
+    idx = rng.choice(len(x), num_examples, replace=False)
+    x = x[idx]
+    y = None if y is None else y[idx]
+  return x, y, num_classes
+
+
+def load(spec: str, split: str = "train", *, seed: int = 0,
+         labels_per_class: int | None = None,
+         classes: Sequence[int] | None = None, relabel: bool = True,
+         num_examples: int | None = None,
+         data_dir: str | None = None) -> Dataset:
+  """Loads a data source by spec; see the module docstring.
+
+  Args:
+    spec: ``mnist1d[:preset]``, ``digits[:preset]``, ``moons[:angle]``,
+      ``npz:<path>`` or ``tfds:<name>[:<train split>[:<test split>]]``.
+    split: ``train`` or ``test``.
+    seed: seed for the label budget and example subsets.
+    labels_per_class: keep this many labelled examples of each class (the
+      label budget), chosen with ``seed``.
+    classes: keep only these classes.
+    relabel: with ``classes``, map them to ``0..len(classes)-1``.
+    num_examples: keep at most this many examples.
+    data_dir: TFDS data directory.
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError, FileNotFoundError, RuntimeError: with what was wrong and how
+      to fix it (unknown source or preset, missing file or key, bad shape,
+      labels out of range, unprepared TFDS set).
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+  if not isinstance(spec, str) or not spec:
+    raise ValueError(f"a data spec is a non-empty string, got {spec!r}")
+  kind, _, arg = spec.partition(":")
+  key = "" if split == "train" else "_test"
+  if kind == "mnist1d":
+    d = _mnist1d(arg or "clean")
+    x, y, num_classes = d["x" + key], d["y" + key], 10
+  elif kind == "digits":
+    d = _digits(arg or "clean")
+    x, y, num_classes = d["x" + key], d["y" + key], 10
+  elif kind == "moons":
+    d = _moons(arg)
+    x, y, num_classes = d["x" + key], d["y" + key], 2
+  elif kind == "npz":
+    x, y, num_classes = _npz(arg, split, spec)
+  elif kind == "tfds":
+    x, y, num_classes = _tfds(arg, split, spec,
+                              data_dir or os.environ.get("TFDS_DATA_DIR"))
+  else:
+    raise ValueError(f"unknown data source {kind!r} in spec {spec!r}; use "
+                     "mnist1d[:preset], digits[:preset], moons[:angle], "
+                     "npz:<path> or tfds:<name>")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"data set {spec!r} ({split}): x contains NaN or Inf; "
+                     "clean or impute the data first.")
+  x, y, num_classes = _subset(
+      x, y, num_classes, classes=classes, labels_per_class=labels_per_class,
+      num_examples=num_examples, seed=seed, relabel=relabel, name=spec)
+  if len(x) == 0:
+    raise ValueError(f"data set {spec!r} ({split}) is empty after selection")
+  return Dataset(x=x, y=y, num_classes=num_classes, name=spec)

@@ -1,0 +1,11 @@
+"""Pure linen modules. Parameter trees name their parts at the top level."""
+
+from tljax.models.nets import CNN1D
+from tljax.models.nets import CNN2D
+from tljax.models.nets import Classifier
+from tljax.models.nets import MLP
+from tljax.models.nets import build_backbone
+from tljax.models.nets import build_classifier
+
+__all__ = ["MLP", "CNN1D", "CNN2D", "Classifier", "build_backbone",
+           "build_classifier"]

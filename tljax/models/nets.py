@@ -1,0 +1,140 @@
+"""Backbones and the classifier that puts a head on them.
+
+Every layer that holds parameters inside a backbone is called ``layer_<i>``
+counting from the input, whatever its type, so a regex can name "the first
+two layers" (``backbone/layer_[01]/.*``) or "the last one" on any backbone;
+``Backbone.num_layers`` says how many there are.
+
+  >>> import jax, jax.numpy as jnp
+  >>> model = Classifier(backbone=MLP(features=(32, 32)), num_classes=10)
+  >>> params = model.init(jax.random.key(0), jnp.zeros((1, 40)))['params']
+  >>> sorted(params), sorted(params['backbone'])
+  (['backbone', 'head'], ['layer_0', 'layer_1'])
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+
+
+class MLP(nn.Module):
+  """Fully connected backbone: ``Dense -> relu`` per entry of ``features``."""
+  features: Sequence[int] = (128, 128)
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.features)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train
+    x = x.reshape((x.shape[0], -1))
+    for i, f in enumerate(self.features):
+      x = nn.relu(nn.Dense(f, name=f"layer_{i}")(x))
+    return x
+
+
+class CNN1D(nn.Module):
+  """Small 1-D CNN for signals such as mnist1d, input ``(batch, length)`` or
+  ``(batch, length, channels)``: conv layers (stride 2), then a dense layer.
+  """
+  channels: Sequence[int] = (32, 32, 32)
+  kernel_size: int = 5
+  dense: int = 128
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.channels) + (1 if self.dense else 0)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train
+    if x.ndim == 2:
+      x = x[..., None]
+    for i, c in enumerate(self.channels):
+      x = nn.relu(nn.Conv(c, (self.kernel_size,), strides=(2,),
+                          name=f"layer_{i}")(x))
+    x = x.reshape((x.shape[0], -1))
+    if self.dense:
+      x = nn.relu(nn.Dense(self.dense, name=f"layer_{len(self.channels)}")(x))
+    return x
+
+
+class CNN2D(nn.Module):
+  """LeNet-sized 2-D CNN for NHWC images (8x8 digits up to 32x32)."""
+  channels: Sequence[int] = (32, 64)
+  dense: int = 128
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.channels) + (1 if self.dense else 0)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train
+    if x.ndim == 3:
+      x = x[..., None]
+    for i, c in enumerate(self.channels):
+      x = nn.relu(nn.Conv(c, (3, 3), padding="SAME", name=f"layer_{i}")(x))
+      if min(x.shape[1:3]) >= 2:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    if self.dense:
+      x = nn.relu(nn.Dense(self.dense, name=f"layer_{len(self.channels)}")(x))
+    return x
+
+
+class Classifier(nn.Module):
+  """``head(backbone(x))``; parameters ``{'backbone': ..., 'head': ...}``.
+
+  ``model.apply(v, x, method='features')`` returns the backbone's output, and
+  ``model.apply(v, feats, method='logits_from_features')`` the head on it, so
+  cached features and a frozen backbone give the same logits.
+  """
+  backbone: nn.Module
+  num_classes: int
+
+  def setup(self):
+    self.head = nn.Dense(self.num_classes)
+
+  def features(self, x, *, train: bool = False):
+    return self.backbone(x, train=train)
+
+  def logits_from_features(self, h):
+    return self.head(h)
+
+  def __call__(self, x, *, train: bool = False):
+    return self.head(self.backbone(x, train=train))
+
+
+BACKBONES = {"mlp": MLP, "cnn1d": CNN1D, "cnn2d": CNN2D}
+
+
+def build_backbone(name: str, **kwargs) -> nn.Module:
+  """A backbone by name (``mlp``, ``cnn1d``, ``cnn2d``) and its settings."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; choose one of "
+                     f"{sorted(BACKBONES)}")
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in kwargs.items()}
+  return BACKBONES[name](**kwargs)
+
+
+def build_classifier(model_config, num_classes: int) -> Classifier:
+  """From a config with ``name`` and optional backbone fields."""
+  cfg = dict(model_config)
+  name = cfg.pop("name")
+  return Classifier(backbone=build_backbone(name, **cfg),
+                    num_classes=num_classes)
+
+
+def default_backbone_for(example_shape: Sequence[int]) -> str:
+  """``cnn2d`` for HWC images, ``cnn1d`` for long 1-D signals, else ``mlp``."""
+  if len(example_shape) == 3:
+    return "cnn2d"
+  if len(example_shape) == 1 and example_shape[0] >= 32:
+    return "cnn1d"
+  return "mlp"
+

@@ -1,0 +1,63 @@
+"""What every experiment binary shares: multi-host start-up and clean errors.
+
+``--multihost`` calls ``jax.distributed.initialize``.
+
+On a TPU pod or a GPU cluster every host runs the same command with
+``--multihost``; JAX finds the coordinator from the environment (TPU
+metadata, SLURM, or ``--coordinator_address``/``--num_processes``/
+``--process_id``). Each host then feeds its slice of the global batch and
+only process 0 prints and writes logs (see :mod:`tljax.train.loop`).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import flags
+from absl import logging
+import jax
+
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() first.")
+_COORD = flags.DEFINE_string("coordinator_address", None,
+                             "host:port of process 0 (if not auto-detected)")
+_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "this process's index")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "Simulate this many CPU devices (testing/laptops).")
+
+
+def initialize(coordinator_address=None, num_processes=None, process_id=None):
+  """``jax.distributed.initialize`` with CPU collectives (gloo) on CPU."""
+  if jax.config.jax_platforms in (None, "", "cpu"):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)
+
+
+def initialize_from_flags():
+  if _CPU_DEVICES.value:
+    jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+  if _MULTIHOST.value:
+    initialize(_COORD.value, _NPROC.value, _PID.value)
+
+
+# Errors that mean "your input or config is wrong": shown as one line, no
+# traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError,
+               FloatingPointError)
+
+
+def run_experiment(train_and_evaluate: Callable, config, workdir: str):
+  """Starts multi-host if asked, runs the experiment, reports bad input."""
+  initialize_from_flags()
+  if not flags.FLAGS["verbosity"].present:
+    # orbax logs every save at INFO; our progress lines go to stdout.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    return train_and_evaluate(config, workdir)
+  except USER_ERRORS as e:
+    print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)

@@ -1,0 +1,72 @@
+"""The train state and the one step shape every method shares.
+
+    step(state, batch, rng, *, axis_name=None) -> (state, metrics)
+
+A method supplies only a loss function
+
+    loss_fn(params, state, batch, rng, *, axis_name=None) -> (loss, metrics)
+
+and :func:`train_step` turns it into a step: it differentiates ``params``
+(nothing else in the state), averages gradients over ``axis_name`` under
+``pmap``, applies the optimizer, and adds ``loss``, ``l2_grads``,
+``l2_params`` and ``l2_updates`` to the metrics. Static collaborators (the
+model, the optimizer, loss weights) are bound with ``functools.partial``:
+
+    step = functools.partial(train_step, loss_fn=my_loss, tx=tx)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """``step``, ``params``, ``opt_state`` and method-specific ``extra``.
+
+  ``extra`` is a dict for what a method carries but does not differentiate:
+  ``source_params`` for conservative training, a teacher's parameters, the
+  frozen columns of a progressive net.
+  """
+  step: jax.Array
+  params: PyTree
+  opt_state: PyTree
+  extra: PyTree = flax.struct.field(default_factory=dict)
+
+
+def create_train_state(params: PyTree, tx: optax.GradientTransformation, *,
+                       extra: PyTree | None = None) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), extra=extra or {})
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
+               loss_fn: Callable, tx: optax.GradientTransformation,
+               axis_name: str | None = None):
+  """One optimizer step on ``loss_fn``; see the module docstring."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  if axis_name is not None:
+    step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+
+  def objective(p):
+    return loss_fn(p, state, batch, step_rng, axis_name=axis_name)
+
+  (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, loss=loss, l2_grads=optax.tree.norm(grads),
+                 l2_params=optax.tree.norm(params),
+                 l2_updates=optax.tree.norm(updates))
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), metrics
