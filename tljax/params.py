@@ -106,10 +106,11 @@ def make_tree(params: PyTree, rules: Rules, *, what: str = "rules",
 
 def make_mask(params: PyTree, rules: Rules, *, what: str = "mask") -> PyTree:
   """Bool tree from ``(regex, bool)`` rules; see the module docstring."""
-  for _, v in rules:
+  tree = make_tree(params, rules, what=what)
+  for v in jax.tree.leaves(tree):
     if not isinstance(v, (bool, np.bool_)):
       raise ValueError(f"{what}: rule values must be True or False, got {v!r}")
-  return make_tree(params, rules, what=what)
+  return tree
 
 
 def select_mask(params: PyTree, patterns: Sequence[str] | str) -> PyTree:
@@ -185,9 +186,15 @@ def merge_params(loaded: PyTree, init: PyTree,
                     "target model; add them to dont_load to drop them")
   if problems:
     raise ValueError("merge_params: " + "; ".join(problems) + ".")
-  return tree_map_with_names(
-      lambda n, x: x if skip(n) else jnp.asarray(lflat[n], dtype=x.dtype),
-      init)
+
+  def take(n, x):
+    if skip(n):
+      return x
+    if isinstance(x, jax.Array):
+      return jnp.asarray(lflat[n], dtype=x.dtype)
+    return np.asarray(lflat[n], dtype=np.asarray(x).dtype)
+
+  return tree_map_with_names(take, init)
 
 
 def tree_sq_distance(a: PyTree, b: PyTree, mask: PyTree | None = None):

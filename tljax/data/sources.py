@@ -184,6 +184,13 @@ def _npz(path: str, split: str, name: str) -> tuple:
     raise ValueError(f"data set {name!r}: {path} has keys {sorted(arrays)} "
                      "but needs 'x' (examples first), and optionally 'y', "
                      "'x_test', 'y_test', 'num_classes'.")
+  for xk, yk in (("x", "y"), ("x_test", "y_test")):
+    if yk in arrays and (np.ndim(arrays[yk]) != 1 or xk not in arrays
+                         or len(arrays[yk]) != len(arrays[xk])):
+      xs = np.shape(arrays[xk]) if xk in arrays else "missing"
+      raise ValueError(f"data set {name!r}: {yk} must have shape "
+                       f"({xs[0] if xs != 'missing' else 'n'},) to match "
+                       f"{xk} {xs}; got {np.shape(arrays[yk])}.")
   num_classes = (int(arrays["num_classes"]) if "num_classes" in arrays
                  else None)
   if "x_test" in arrays:

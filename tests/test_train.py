@@ -1,0 +1,195 @@
+"""The step shape compiled three ways, the loop, resume, NaN stops."""
+
+import functools
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tljax import data as data_lib
+from tljax import models
+from tljax import optim
+from tljax.methods import supervised
+from tljax.train import checkpoint
+from tljax.train import loop
+from tljax.train import parallel
+from tljax.train import state as state_lib
+
+
+def _setup(lr_rules=None, name="momentum"):
+  model = models.Classifier(backbone=models.CNN1D(channels=(8, 8), dense=16),
+                            num_classes=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
+  tx = optim.make_optimizer(params, name=name, learning_rate=0.05,
+                            lr_rules=lr_rules)
+  step = functools.partial(
+      state_lib.train_step, tx=tx,
+      loss_fn=functools.partial(supervised.classification_loss, model=model))
+  return model, state_lib.create_train_state(params, tx), step
+
+
+def _data(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"x": rng.normal(size=(n, 16)).astype(np.float32),
+          "y": rng.integers(0, 4, n).astype(np.int32)}
+
+
+def test_train_step_matches_manual_sgd():
+  """One step against an independent computation of the SGD update."""
+  model = models.Classifier(backbone=models.MLP(features=(4,)), num_classes=3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+  tx = optax.sgd(0.5)
+  state = state_lib.create_train_state(params, tx)
+  batch = {"x": np.array([[1., 2.], [-1., 0.5]], np.float32),
+           "y": np.array([0, 2])}
+  step = functools.partial(state_lib.train_step, tx=tx, loss_fn=functools
+                           .partial(supervised.classification_loss,
+                                    model=model))
+  new, metrics = jax.jit(step)(state, batch, jax.random.key(0))
+
+  # Independent forward pass in numpy, gradient by central differences.
+  def np_loss(flat):
+    p = jax.tree.unflatten(jax.tree.structure(params), flat)
+    h = np.maximum(batch["x"] @ p["backbone"]["layer_0"]["kernel"]
+                   + p["backbone"]["layer_0"]["bias"], 0)
+    z = h @ p["head"]["kernel"] + p["head"]["bias"]
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return -logp[np.arange(2), batch["y"]].mean()
+
+  flat = [np.asarray(x, np.float64) for x in jax.tree.leaves(params)]
+  np.testing.assert_allclose(metrics["loss"], np_loss(flat), rtol=1e-5)
+  for i, leaf in enumerate(flat):
+    g = np.zeros_like(leaf)
+    for j in np.ndindex(leaf.shape):
+      e = [x.copy() for x in flat]
+      e[i][j] += 1e-4
+      up = np_loss(e)
+      e[i][j] -= 2e-4
+      g[j] = (up - np_loss(e)) / 2e-4
+    np.testing.assert_allclose(jax.tree.leaves(new.params)[i],
+                               leaf - 0.5 * g, atol=2e-4)
+  assert int(new.step) == 1
+  for k in ("l2_grads", "l2_params", "l2_updates", "accuracy"):
+    assert k in metrics
+
+
+def test_single_mesh_pmap_agree():
+  """Same global batch -> same parameters on 1 device, mesh of 4, pmap 4."""
+  assert jax.device_count() == 4, "tests/conftest.py sets 4 CPU devices"
+  _, state0, step = _setup(lr_rules=[("backbone/layer_0/.*", None),
+                                     (".*", 1.0)])
+  data = _data()
+  results = {}
+  for mode in ("single", "mesh", "pmap"):
+    c = parallel.compile_step(step, mode, donate=False)
+    assert c.mode == mode
+    s = c.put_state(state0)
+    it = data_lib.batches(data, 16, seed=3)
+    for _ in range(4):
+      s, m = c(s, c.put_batch(next(it)), jax.random.key(0))
+    results[mode] = (c.get_state(s).params, c.metrics(m)["loss"])
+  for mode in ("mesh", "pmap"):
+    chex.assert_trees_all_close(results[mode][0], results["single"][0],
+                                atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(results[mode][1], results["single"][1],
+                               rtol=1e-5)
+  assert parallel.compile_step(step).mode == "mesh"  # default on 4 devices
+
+
+def test_indivisible_batch_is_a_clear_error():
+  _, state0, step = _setup()
+  c = parallel.compile_step(step, "pmap")
+  with pytest.raises(ValueError, match="not divisible by its 4 devices"):
+    c.put_batch(_data(n=10))
+
+
+def test_step_compiles_once():
+  _, state0, step = _setup()
+
+  @chex.assert_max_traces(n=1)
+  def counted(state, batch, rng):
+    return step(state, batch, rng)
+
+  jitted = jax.jit(counted)
+  s = state0
+  for b in [_data(16, i) for i in range(3)]:
+    s, _ = jitted(s, b, jax.random.key(0))
+
+
+def _fit(workdir, num_steps, **kw):
+  _, state0, step = _setup()
+  data = _data()
+  return loop.fit(state0, step,
+                  lambda start: data_lib.batches(data, 16, seed=1,
+                                                 start_step=start),
+                  num_steps=num_steps, rng=jax.random.key(0), workdir=workdir,
+                  log_every=2, parallel_mode="single", **kw)
+
+
+def test_resume_is_exact(tmp_path):
+  full, _ = _fit(str(tmp_path / "a"), 8)
+  _fit(str(tmp_path / "b"), 4)
+  resumed, _ = _fit(str(tmp_path / "b"), 8)  # picks up the step-4 checkpoint
+  chex.assert_trees_all_equal(resumed.params, full.params)
+  chex.assert_trees_all_equal(resumed.opt_state, full.opt_state)
+  assert int(resumed.step) == 8
+  lines = [json.loads(x) for x in
+           (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in lines if x["split"] == "train"] == [2, 4, 6, 8]
+
+
+def test_fit_eval_and_checkpoints(tmp_path):
+  model, state0, step = _setup()
+  data = _data()
+  ds = data_lib.Dataset(data["x"], data["y"], 4, "toy")
+  evals = []
+
+  def eval_fn(p):
+    evals.append(1)
+    return supervised.evaluate(model, p, ds)
+
+  _, last = loop.fit(state0, step, lambda s: data_lib.batches(data, 16,
+                                                              start_step=s),
+                     num_steps=6, rng=jax.random.key(0),
+                     workdir=str(tmp_path), eval_fn=eval_fn, eval_every=3,
+                     checkpoint_every=3, log_every=3)
+  assert len(evals) == 2 and "eval_accuracy" in last
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+
+
+def test_nan_stops_with_the_step(tmp_path):
+  _, state0, step = _setup()
+  data = _data()
+
+  def batches(start):
+    for i, b in enumerate(data_lib.batches(data, 16, start_step=start)):
+      if start + i == 4:  # the 5th step sees a NaN input
+        b = dict(b, x=np.full_like(b["x"], np.nan))
+      yield b
+
+  with pytest.raises(loop.TrainingDiverged, match="at step 5"):
+    loop.fit(state0, step, batches, num_steps=8, rng=jax.random.key(0),
+             log_every=3, parallel_mode="single")
+
+
+def test_params_roundtrip(tmp_path):
+  p = {"backbone": {"w": np.arange(3, dtype=np.float32)},
+       "head": {"b": np.ones(2, np.float32)}}
+  checkpoint.save_params(str(tmp_path / "params"), p)
+  chex.assert_trees_all_equal(checkpoint.load_params(str(tmp_path)), p)
+  with pytest.raises(FileNotFoundError, match="no parameters"):
+    checkpoint.load_params(str(tmp_path / "nowhere"))
+
+
+def test_write_results(tmp_path):
+  path = loop.write_results(str(tmp_path), {"acc": np.float32(0.5)},
+                            {"lr": 0.1})
+  with open(path) as f:
+    out = json.load(f)
+  assert out == {"metrics": {"acc": 0.5}, "config": {"lr": 0.1}}
