@@ -104,6 +104,16 @@ def make_tree(params: PyTree, rules: Rules, *, what: str = "rules",
   return tree_map_with_names(lambda n, _: matched[n][1], params)
 
 
+def describe_rules(params: PyTree, rules: Rules, *, what: str = "rules"
+                   ) -> str:
+  """One line per leaf: its name, the rule that matched it and the value."""
+  names = leaf_names(params)
+  matched = match_rules(names, rules, what=what)
+  width = max(len(n) for n in names)
+  return "\n".join(f"  {n:<{width}}  <- {rules[i][0]!r}: {v!r}"
+                   for n in names for i, v in [matched[n]])
+
+
 def make_mask(params: PyTree, rules: Rules, *, what: str = "mask") -> PyTree:
   """Bool tree from ``(regex, bool)`` rules; see the module docstring."""
   tree = make_tree(params, rules, what=what)

@@ -13,8 +13,14 @@ Your own arrays (x, y; y optional for unlabelled targets):
   python experiments/train.py --workdir=/tmp/tljax/mine \
       --config.source=npz:src.npz --config.target=npz:tgt.npz
 
-Measured on this 2-core CPU (see BUILD.md for the run): the source run gives
-source_accuracy 0.95 and target_accuracy 0.57 on mnist1d:noisy in ~1 min.
+Measured on this 2-core CPU (2026-11-22, other jobs running):
+  the source run above: source_accuracy 0.984, target_accuracy 0.360 on
+  mnist1d:noisy (no target labels), 30 s;
+  python experiments/train.py --workdir=/tmp/tljax/tgt \
+      --config.train_on=target --config.labels_per_class=20 \
+      --config.init_from=/tmp/tljax/src --config.num_steps=1000 \
+      "--config.optim.lr_rules=(('backbone/layer_[01]/.*', None), ('.*', 1.0))"
+  (first two layers frozen, 200 target labels): target_accuracy 0.487.
 """
 
 import ml_collections

@@ -66,11 +66,14 @@ def check_labels(y: np.ndarray, num_classes: int, name: str):
 # ----------------------------------------------------------------- mnist1d
 # Domain presets are the mnist1d generator's own arguments (Greydanus, 2020):
 # the clean source has little noise; the targets shift one property each.
+# Measured with a CNN1D trained 1500 steps (clean-trained model on the target
+# test split -> model trained on all target labels): noisy 0.36 -> 0.60,
+# sheared 0.68 -> 0.88, translated 0.86 -> 0.93, standard 0.61 -> 0.80.
 MNIST1D_PRESETS = {
     "clean": dict(corr_noise_scale=0.1, iid_noise_scale=0.01,
                   shear_scale=0.5, scale_coeff=0.4),
     "standard": {},  # the published MNIST-1D generator settings
-    "noisy": dict(corr_noise_scale=0.6, iid_noise_scale=0.15,
+    "noisy": dict(corr_noise_scale=0.25, iid_noise_scale=0.1,
                   shear_scale=0.5, scale_coeff=0.4),
     "sheared": dict(corr_noise_scale=0.1, iid_noise_scale=0.01,
                     shear_scale=1.75, scale_coeff=0.9),
@@ -91,7 +94,7 @@ def _mnist1d(preset: str, num_samples: int = 5000) -> dict[str, np.ndarray]:
   if preset not in MNIST1D_PRESETS:
     raise ValueError(f"unknown mnist1d preset {preset!r}; choose one of "
                      f"{sorted(MNIST1D_PRESETS)}")
-  path = os.path.join(_cache_dir(), f"mnist1d_{preset}_{num_samples}_v1.npz")
+  path = os.path.join(_cache_dir(), f"mnist1d_{preset}_{num_samples}_v2.npz")
   if os.path.exists(path):
     with np.load(path) as f:
       return dict(f)

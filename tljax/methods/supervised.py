@@ -123,6 +123,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     loop.say(f"loaded parameters from {config.init_from} "
              f"(dont_load={tuple(config.dont_load)})")
   tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
+  if config.optim.lr_rules:
+    loop.say("lr_rules (None = frozen):\n" + params_lib.describe_rules(
+        params, [tuple(r) for r in config.optim.lr_rules], what="lr_rules"))
   state = state_lib.create_train_state(params, tx)
   step = functools.partial(
       state_lib.train_step,
