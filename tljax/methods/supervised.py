@@ -133,14 +133,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   eval_set = evals.get(config.train_on)
   eval_fn = ((lambda p: evaluate(model, p, eval_set)) if eval_set is not None
              else None)
-  state, last = loop.fit(
+  state, last = loop.fit_with_config(
       state, step,
       lambda start: data_lib.batches(train.arrays(), config.batch_size,
                                      seed=config.seed, start_step=start),
-      num_steps=config.num_steps, rng=jax.random.key(config.seed),
-      workdir=workdir, eval_fn=eval_fn, eval_every=config.eval_every,
-      log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-      parallel_mode=config.parallel)
+      config, workdir=workdir, eval_fn=eval_fn)
   metrics = {"train_examples": len(train),
              "train_accuracy": evaluate(model, state.params, train)[
                  "accuracy"],

@@ -19,6 +19,22 @@ from typing import Sequence
 import flax.linen as nn
 
 
+def _dense_tail(x, dense: int, index: int):
+  """Flattens conv features and applies the optional dense ``layer_<index>``."""
+  x = x.reshape((x.shape[0], -1))
+  if dense:
+    x = nn.relu(nn.Dense(dense, name=f"layer_{index}")(x))
+  return x
+
+
+class _ConvNet(nn.Module):
+  """Shared by the CNNs: ``len(channels)`` conv layers, then a dense one."""
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.channels) + (1 if self.dense else 0)
+
+
 class MLP(nn.Module):
   """Fully connected backbone: ``Dense -> relu`` per entry of ``features``."""
   features: Sequence[int] = (128, 128)
@@ -36,17 +52,13 @@ class MLP(nn.Module):
     return x
 
 
-class CNN1D(nn.Module):
+class CNN1D(_ConvNet):
   """Small 1-D CNN for signals such as mnist1d, input ``(batch, length)`` or
   ``(batch, length, channels)``: conv layers (stride 2), then a dense layer.
   """
   channels: Sequence[int] = (32, 32, 32)
   kernel_size: int = 5
   dense: int = 128
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.channels) + (1 if self.dense else 0)
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -56,20 +68,13 @@ class CNN1D(nn.Module):
     for i, c in enumerate(self.channels):
       x = nn.relu(nn.Conv(c, (self.kernel_size,), strides=(2,),
                           name=f"layer_{i}")(x))
-    x = x.reshape((x.shape[0], -1))
-    if self.dense:
-      x = nn.relu(nn.Dense(self.dense, name=f"layer_{len(self.channels)}")(x))
-    return x
+    return _dense_tail(x, self.dense, len(self.channels))
 
 
-class CNN2D(nn.Module):
+class CNN2D(_ConvNet):
   """LeNet-sized 2-D CNN for NHWC images (8x8 digits up to 32x32)."""
   channels: Sequence[int] = (32, 64)
   dense: int = 128
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.channels) + (1 if self.dense else 0)
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -80,10 +85,7 @@ class CNN2D(nn.Module):
       x = nn.relu(nn.Conv(c, (3, 3), padding="SAME", name=f"layer_{i}")(x))
       if min(x.shape[1:3]) >= 2:
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
-    if self.dense:
-      x = nn.relu(nn.Dense(self.dense, name=f"layer_{len(self.channels)}")(x))
-    return x
+    return _dense_tail(x, self.dense, len(self.channels))
 
 
 class Classifier(nn.Module):

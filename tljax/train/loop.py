@@ -191,3 +191,22 @@ def fit(state, step_fn: Callable, batches_from: Callable[[int], Iterator],
             for k, v in eval_fn(host_state.params).items()}
   return host_state, {k: float(v) for k, v in last.items()
                       if np.ndim(v) == 0}
+
+
+def fit_with_config(state, step_fn: Callable,
+                    batches_from: Callable[[int], Iterator], config, *,
+                    workdir: str | None,
+                    eval_fn: Callable[[PyTree], dict] | None = None,
+                    name: str = "train") -> tuple[Any, dict]:
+  """:func:`fit` with its settings read from an experiment config.
+
+  Reads ``num_steps``, ``seed`` (the rng), ``eval_every``, ``log_every``,
+  ``checkpoint_every`` and ``parallel`` — the fields every experiment config
+  has.
+  """
+  return fit(state, step_fn, batches_from, num_steps=config.num_steps,
+             rng=jax.random.key(config.seed), workdir=workdir,
+             eval_fn=eval_fn, eval_every=config.eval_every,
+             log_every=config.log_every,
+             checkpoint_every=config.checkpoint_every,
+             parallel_mode=config.parallel, name=name)
