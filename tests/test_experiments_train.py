@@ -37,6 +37,7 @@ def test_source_then_target_transfer(tmp_path):
   assert {"source_accuracy", "target_accuracy"} <= set(m)
   assert _results(src)["metrics"]["source_accuracy"] == m["source_accuracy"]
   assert os.path.isdir(os.path.join(src, "params"))
+  assert os.path.getsize(os.path.join(src, "training_curves.png")) > 1000
   m2 = supervised.train_and_evaluate(
       _quick(train_on="target", init_from=src, labels_per_class=2), tgt)
   assert m2["train_examples"] == 20

@@ -25,6 +25,7 @@ from tljax import losses
 from tljax import models
 from tljax import optim
 from tljax import params as params_lib
+from tljax import viz
 from tljax.train import checkpoint
 from tljax.train import loop
 from tljax.train import state as state_lib
@@ -149,6 +150,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   # Every process calls orbax; it writes from the primary one.
   checkpoint.save_params(os.path.join(workdir, "params"), state.params)
   loop.write_results(workdir, metrics, config)
+  if loop.is_chief():
+    viz.plot_training_curves(workdir)
   loop.say("results: " + "  ".join(
       f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
       for k, v in metrics.items()))
