@@ -1,0 +1,115 @@
+r"""Unsupervised domain adaptation: labelled source, unlabelled target.
+
+One binary, the method chosen by ``--config.method`` (``source_only``,
+``target_supervised``, ``dann``, ``mmd``, ``coral``, ``kmm``, ``tca``):
+
+  python experiments/adapt.py --workdir=/tmp/tljax/dann \
+      --config=experiments/configs/adapt.py --config.method=dann
+
+Your own features or images (x, y in the source; x and y_test in the target,
+whose labels are only used to measure target accuracy):
+
+  python experiments/adapt.py --workdir=/tmp/tljax/mine \
+      --config.method=dann --config.source=npz:src.npz \
+      --config.target=npz:tgt.npz
+
+The argument after ``:`` picks a preset data pair and/or ``quick``:
+``experiments/configs/adapt.py:moons``, ``:mnist1d``, ``:digits``,
+``:moons,quick``. Results go to ``<workdir>/results.json`` (``metrics``:
+``target_accuracy``, ``source_accuracy``, ``feature_domain_accuracy``, and
+for DANN ``domain_accuracy`` plus ``domain_accuracy_history``) and the plot to
+``<workdir>/embedding.png``.
+
+Measured on this 2-core CPU (the command above, mnist1d clean -> noisy,
+default settings, seed 0; see docs/results_domain_adaptation.md for the
+3-seed tables): target_accuracy 0.491 (source_accuracy 0.944, DANN's
+domain classifier at 0.54 on the last batch) in 25 s; source-only on the
+same pair gives 0.35 (measured in the benchmark).
+"""
+
+import ml_collections
+
+PAIRS = {
+    # (source, target, backbone, steps)
+    "moons": ("moons", "moons:30", "mlp", 1000),
+    "mnist1d": ("mnist1d:clean", "mnist1d:noisy", "cnn1d", 1000),
+    "digits": ("digits:clean", "digits:rotated", "cnn2d", 1000),
+}
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  args = [a for a in arg.split(",") if a]
+  unknown = [a for a in args if a not in PAIRS and a != "quick"]
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown}; use any of "
+                     f"{sorted(PAIRS)} and/or quick")
+  pair = next((a for a in args if a in PAIRS), "mnist1d")
+  source, target, backbone, steps = PAIRS[pair]
+
+  config = ml_collections.ConfigDict()
+  config.method = "dann"   # source_only|target_supervised|dann|mmd|coral|kmm|tca
+  config.source = source
+  config.target = target
+  config.num_examples = -1  # cap on train examples per domain; -1 all
+  config.data_dir = ""
+  config.seed = 0
+  config.plot = True
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = backbone     # auto | mlp | cnn1d | cnn2d
+  if backbone == "mlp":
+    config.model.features = (32, 32)
+  config.disc_features = (64, 64)  # DANN domain classifier
+
+  # Adaptation strength: weight * lam(p), lam(p) = 2/(1+exp(-gamma p)) - 1.
+  config.adapt_weight = 1.0
+  config.schedule = "dann"         # dann | constant
+  config.schedule_gamma = 10.0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "constant"
+  config.optim.grad_clip_norm = 5.0
+
+  config.tca = ml_collections.ConfigDict()
+  config.tca.n_components = 30
+  config.tca.kernel = "linear"     # linear | rbf | primal
+  config.tca.mu = 1.0
+  config.tca.gamma = -1.0          # rbf width; -1: 1/(d var)
+  config.tca.max_examples = 1000   # per domain (TCA builds n x n matrices)
+  config.tca.classifier = "1nn"    # 1nn | logreg (both are reported)
+
+  config.kmm = ml_collections.ConfigDict()
+  config.kmm.kernel = "rbf"
+  config.kmm.gamma = -1.0          # -1: 1/(d var)
+  # The paper's B = 1000 lets a few source points take most of the weight
+  # (measured on moons: effective sample size 15 of 1000; B = 10: 100).
+  config.kmm.B = 10.0
+  config.kmm.eps = -1.0            # -1: (sqrt(n_s) - 1) / sqrt(n_s)
+  config.kmm.max_iter = 2000
+  config.kmm.max_examples = 5000   # target points used; source must fit
+
+  config.num_steps = steps
+  config.batch_size = 64
+  config.eval_every = 500
+  config.log_every = 100
+  config.checkpoint_every = 0
+  config.parallel = "auto"         # auto | single | mesh | pmap
+
+  if "quick" in args:
+    config.num_examples = 128
+    config.num_steps = 6
+    config.batch_size = 16
+    config.eval_every = 3
+    config.log_every = 3
+    config.tca.max_examples = 64
+    config.tca.n_components = 4
+    config.kmm.max_iter = 50
+    if backbone == "cnn1d":
+      config.model.channels = (8, 8)
+      config.model.dense = 16
+    elif backbone == "cnn2d":
+      config.model.channels = (8,)
+      config.model.dense = 16
+  return config

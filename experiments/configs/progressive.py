@@ -1,0 +1,58 @@
+r"""Progressive neural networks (:mod:`tljax.methods.progressive`): a column
+trained on the source domain, then a new column with lateral adapters on the
+target with few labels, against fine-tuning and training from scratch.
+
+  python experiments/progressive.py --workdir=/tmp/tljax/progressive
+
+Measured on this 2-core CPU (shared with other jobs): RESULT_PLACEHOLDER
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  args = [a for a in arg.split(",") if a]
+  unknown = [a for a in args if a != "quick"]
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown}; use quick")
+  config = ml_collections.ConfigDict()
+  config.sources = ("mnist1d:clean",)  # one column per source, in order
+  config.target = "mnist1d:sheared"
+  config.budgets = (5, 20, 100)        # target labels per class
+  config.strategies = ("progressive", "progressive_untrained", "finetune",
+                       "scratch")
+  config.num_seeds = 5
+  config.data_dir = ""
+  config.seed = 0
+  config.plot = True
+
+  config.column = ml_collections.ConfigDict()
+  config.column.conv_channels = (32, 32, 32)  # 1-D convs (stride 2); () MLP
+  config.column.features = (128,)
+  config.column.kernel_size = 5
+  config.column.adapter_dim = 32
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"
+  config.optim.learning_rate = 1e-3
+  config.optim.grad_clip_norm = 1.0
+
+  config.source_steps = 1500
+  config.target_steps = 300
+  config.batch_size = 64
+  config.eval_every = 500
+  config.log_every = 250
+  config.parallel = "auto"
+
+  if "quick" in args:
+    config.column.conv_channels = ()
+    config.column.features = (32,)
+    config.column.adapter_dim = 8
+    config.budgets = (2,)
+    config.num_seeds = 2
+    config.source_steps = 8
+    config.target_steps = 4
+    config.batch_size = 16
+    config.eval_every = 4
+    config.log_every = 4
+  return config

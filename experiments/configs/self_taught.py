@@ -1,0 +1,74 @@
+r"""Self-taught learning (:mod:`tljax.methods.self_taught`): an autoencoder
+pretrained on unlabelled data from other domains, its features reused on a
+labelled target with few labels, against raw inputs, random features and
+training from scratch; plus k-means clustering of the target test set on
+each kind of features.
+
+  python experiments/self_taught.py --workdir=/tmp/tljax/self_taught
+
+Measured on this 2-core CPU (shared with other jobs): RESULT_PLACEHOLDER
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  args = [a for a in arg.split(",") if a]
+  unknown = [a for a in args if a not in ("quick", "mlp", "cnn1d")]
+  if unknown:
+    raise ValueError(f"unknown config argument(s) {unknown}; use mlp or "
+                     "cnn1d (the encoder) and/or quick")
+  config = ml_collections.ConfigDict()
+  # Unlabelled data (labels, if any, are never read), and the target task.
+  config.unlabelled = ("mnist1d:standard", "mnist1d:noisy",
+                       "mnist1d:sheared")
+  config.unlabelled_per_source = -1   # cap per source; -1 all
+  config.target = "mnist1d:clean"
+  config.budgets = (5, 20)            # target labels per class
+  config.strategies = ("raw_linear", "random_linear", "self_taught_linear",
+                       "scratch", "self_taught_finetune")
+  config.num_seeds = 5
+  config.data_dir = ""
+  config.seed = 0
+  config.plot = True
+
+  config.model = ml_collections.ConfigDict()   # the encoder
+  if "cnn1d" not in args:
+    config.model.name = "mlp"
+    config.model.features = (256, 64)
+  else:
+    config.model.name = "cnn1d"
+    config.model.channels = (32, 32, 32)
+    config.model.dense = 32                   # the code
+  config.decoder_features = (256,)
+  config.noise_std = 0.3              # denoising autoencoder input noise
+  config.sparsity = 0.05              # L1 weight on the code (sparse codes)
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "constant"
+  config.optim.grad_clip_norm = 1.0
+
+  config.linear_learning_rate = 1e-2  # the *_linear strategies' heads
+
+  config.pretrain_steps = 3000
+  config.target_steps = 300
+  config.batch_size = 64
+  config.eval_every = 1000
+  config.log_every = 500
+  config.parallel = "auto"
+
+  if "quick" in args:
+    config.model = ml_collections.ConfigDict({"name": "mlp",
+                                              "features": (32, 16)})
+    config.decoder_features = (32,)
+    config.unlabelled_per_source = 100
+    config.budgets = (2,)
+    config.num_seeds = 2
+    config.pretrain_steps = 8
+    config.target_steps = 4
+    config.batch_size = 16
+    config.eval_every = 4
+    config.log_every = 4
+  return config

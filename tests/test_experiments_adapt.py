@@ -1,0 +1,106 @@
+"""Smoke tests of experiments/adapt.py through train_and_evaluate: every
+method on the quick config, the user's own npz files, and bad inputs."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tljax.methods import domain_adaptation as da
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+from configs import adapt as adapt_config  # noqa: E402
+
+
+def _quick(method, pair="moons", **overrides):
+  config = adapt_config.get_config(f"{pair},quick")
+  config.method = method
+  config.plot = False
+  config.parallel = "single"
+  config.update(overrides)
+  return config
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
+def test_dann_quick_on_a_device_mesh_writes_results_history_and_plot(
+    tmp_path):
+  wd = str(tmp_path / "dann")
+  m = da.train_and_evaluate(_quick("dann", plot=True, parallel="auto"), wd)
+  res = _results(wd)
+  assert res["metrics"]["target_accuracy"] == m["target_accuracy"]
+  assert 0.0 <= m["target_accuracy"] <= 1.0
+  assert 0.0 <= m["domain_accuracy"] <= 1.0
+  hist = res["domain_accuracy_history"]
+  assert [s for s, _ in hist] == [3, 6]
+  assert all(0.0 <= a <= 1.0 for _, a in hist)
+  assert res["config"]["method"] == "dann"
+  assert os.path.getsize(os.path.join(wd, "embedding.png")) > 1000
+
+
+@pytest.mark.parametrize("method", ["source_only", "target_supervised", "mmd",
+                                    "coral", "kmm", "tca"])
+def test_each_method_quick(tmp_path, method):
+  wd = str(tmp_path / method)
+  m = da.train_and_evaluate(_quick(method), wd)
+  got = _results(wd)["metrics"]
+  assert 0.0 <= got["target_accuracy"] <= 1.0
+  assert got["target_accuracy"] == m["target_accuracy"]
+  if method == "kmm":
+    assert got["kmm_weight_max"] > 1.0
+  if method == "tca":
+    assert {"target_accuracy_1nn", "target_accuracy_logreg",
+            "raw_target_accuracy_1nn"} <= set(got)
+  if method in ("mmd", "coral"):
+    assert got["align_loss"] >= 0.0
+
+
+def _write(path, x, y=None):
+  arrays = {"x": x} if y is None else {"x": x, "y": y}
+  np.savez(path, **arrays)
+  return f"npz:{path}"
+
+
+def test_users_own_npz_files_and_bad_inputs(tmp_path):
+  rng = np.random.default_rng(0)
+  xs = rng.normal(size=(60, 4)).astype(np.float32)
+  ys = (xs[:, 0] > 0).astype(np.int64)
+  src = _write(tmp_path / "src.npz", xs, ys)
+  tgt = _write(tmp_path / "tgt.npz", xs + 1.0, ys)
+  m = da.train_and_evaluate(_quick("coral", source=src, target=tgt,
+                                   batch_size=8), str(tmp_path / "ok"))
+  assert 0.0 <= m["target_accuracy"] <= 1.0
+  # feature dimensions differ between the domains
+  other = _write(tmp_path / "dim.npz", rng.normal(size=(60, 3)), ys)
+  with pytest.raises(ValueError, match="share one input shape"):
+    da.train_and_evaluate(_quick("dann", source=src, target=other),
+                          str(tmp_path / "dim"))
+  # an empty target
+  empty = _write(tmp_path / "empty.npz", np.zeros((0, 4), np.float32))
+  with pytest.raises(ValueError, match="empty"):
+    da.train_and_evaluate(_quick("dann", source=src, target=empty),
+                          str(tmp_path / "empty"))
+  # NaN in the target's features
+  bad = xs.copy()
+  bad[3, 1] = np.nan
+  nan = _write(tmp_path / "nan.npz", bad, ys)
+  with pytest.raises(ValueError, match="NaN"):
+    da.train_and_evaluate(_quick("tca", source=src, target=nan),
+                          str(tmp_path / "nan"))
+  with pytest.raises(ValueError, match="unknown method"):
+    da.train_and_evaluate(_quick("adda", source=src, target=tgt),
+                          str(tmp_path / "m"))
+
+
+def test_config_arguments():
+  assert adapt_config.get_config("digits").target == "digits:rotated"
+  assert adapt_config.get_config("").source == "mnist1d:clean"
+  with pytest.raises(ValueError, match="unknown config argument"):
+    adapt_config.get_config("office31")

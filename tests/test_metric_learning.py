@@ -1,0 +1,162 @@
+"""Siamese and triplet steps (one device, mesh, pmap) and their evaluation."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tljax import data
+from tljax import losses
+from tljax import models
+from tljax.data import episodes
+from tljax.methods import metric_learning as ml
+from tljax.train import parallel
+from tljax.train import state as state_lib
+
+LR = 0.1
+
+
+def _setup(mining):
+  model = ml.EmbeddingNet(models.MLP((16,)), dim=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+  rng = np.random.default_rng(0)
+  # 16 examples, 4 classes; after pmap's split each device holds 4 examples
+  # of at most 2 classes, so per-device mining would see other triplets.
+  x = rng.normal(size=(16, 6)).astype(np.float32)
+  y = np.repeat(np.arange(4), 4).astype(np.int32)
+  loss_kw = dict(margin=1.0, mining=mining, distance="l2")
+  return model, params, {"x": x, "y": y}, loss_kw
+
+
+@pytest.mark.parametrize("mining", ["all", "hard", "semi_hard"])
+def test_triplet_step_sees_global_batch_on_every_parallel_mode(mining):
+  if jax.device_count() < 4:
+    pytest.fail("conftest must configure 4 CPU devices")
+  model, params, batch, kw = _setup(mining)
+
+  # Independent reference: the loss and one SGD step on the whole batch,
+  # computed directly (no train_step, no devices).
+  def global_loss(p):
+    emb = model.apply({"params": p}, batch["x"])
+    return losses.triplet_loss(emb, batch["y"], **kw)
+  want_loss, g = jax.value_and_grad(global_loss)(params)
+  want_params = jax.tree.map(lambda p, g: p - LR * g, params, g)
+  # Mining on each device's shard alone would give a different loss.
+  emb = model.apply({"params": params}, batch["x"])
+  local = np.mean([float(losses.triplet_loss(emb[i:i + 4], batch["y"][i:i + 4],
+                                             **kw)) for i in range(0, 16, 4)])
+  assert abs(local - float(want_loss)) > 1e-3
+
+  tx = optax.sgd(LR)
+  step = functools.partial(state_lib.train_step, tx=tx, loss_fn=functools.
+                           partial(ml.triplet_loss_fn, model=model, **kw))
+  for mode in ("mesh", "pmap"):  # "single" is the reference above, jitted
+    compiled = parallel.compile_step(step, mode, donate=False)
+    state = compiled.put_state(state_lib.create_train_state(params, tx))
+    state, metrics = compiled(state, compiled.put_batch(batch),
+                              jax.random.key(1))
+    metrics = compiled.metrics(metrics)
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5,
+                               err_msg=mode)
+    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
+                                rtol=1e-5, atol=1e-6)
+
+
+def test_contrastive_step_pmap_equals_global_batch():
+  model = ml.EmbeddingNet(models.MLP((16,)), dim=4)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 6)))["params"]
+  rng = np.random.default_rng(1)
+  batch = {"x1": rng.normal(size=(8, 6)).astype(np.float32),
+           "x2": rng.normal(size=(8, 6)).astype(np.float32),
+           "same": np.array([1, 0] * 4, np.int32)}
+  kw = dict(pos_margin=0.1, neg_margin=3.0)
+
+  def global_loss(p):
+    ea = model.apply({"params": p}, batch["x1"])
+    eb = model.apply({"params": p}, batch["x2"])
+    d = jnp.linalg.norm(ea - eb, axis=-1)
+    s = batch["same"]
+    return jnp.mean(0.5 * s * jnp.maximum(d - 0.1, 0) ** 2
+                    + 0.5 * (1 - s) * jnp.maximum(3.0 - d, 0) ** 2)
+  want_loss, g = jax.value_and_grad(global_loss)(params)
+  assert float(want_loss) > 0.1
+  want_params = jax.tree.map(lambda p, g: p - LR * g, params, g)
+  tx = optax.sgd(LR)
+  step = functools.partial(state_lib.train_step, tx=tx, loss_fn=functools.
+                           partial(ml.contrastive_loss_fn, model=model, **kw))
+  for mode in ("single", "pmap"):
+    compiled = parallel.compile_step(step, mode, donate=False)
+    state = compiled.put_state(state_lib.create_train_state(params, tx))
+    state, metrics = compiled(state, compiled.put_batch(batch),
+                              jax.random.key(1))
+    np.testing.assert_allclose(compiled.metrics(metrics)["loss"], want_loss,
+                               rtol=1e-5)
+    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
+                                rtol=1e-5, atol=1e-6)
+
+
+def test_recall_at_k_by_hand():
+  # 1-D points: 0:a(0.0) 1:a(0.9) 2:b(1.0) 3:b(3.0) 4:a(3.2)
+  emb = np.array([[0.0], [0.9], [1.0], [3.0], [3.2]])
+  y = np.array([0, 0, 1, 1, 0])
+  # Nearest others: 0->1 (a, hit), 1->2 (b, miss), 2->1 (a, miss),
+  # 3->4 (a, miss), 4->3 (b, miss). Two nearest: 0:{1,2} hit,
+  # 1:{2,0} hit, 2:{1,0} miss, 3:{4,2} hit, 4:{3,2} miss.
+  got = ml.recall_at_k(emb, y, (1, 2))
+  assert got == {"recall@1": 0.2, "recall@2": 0.6}
+
+
+def test_verification_auc_against_pair_counting():
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(12, 3))
+  y = rng.integers(0, 3, 12)
+  d = np.sqrt(((emb[:, None] - emb[None]) ** 2).sum(-1))
+  pos, neg = [], []
+  for i, j in itertools.combinations(range(12), 2):
+    (pos if y[i] == y[j] else neg).append(-d[i, j])
+  # AUC = P(score of a same pair > score of a different pair).
+  want = np.mean([1.0 if p > n else 0.5 if p == n else 0.0
+                  for p in pos for n in neg])
+  np.testing.assert_allclose(ml.verification_auc(emb, y), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn,args,msg", [
+    (ml.recall_at_k, (np.zeros(5), np.zeros(5)), "shape \\(n, dim\\)"),
+    (ml.recall_at_k, (np.zeros((5, 2)), np.zeros(4)), "labels must have"),
+    (ml.recall_at_k, (np.zeros((5, 2)), np.zeros(5), (5,)), "k must be in"),
+    (ml.recall_at_k, (np.full((3, 2), np.nan), np.zeros(3)), "NaN"),
+    (ml.verification_auc, (np.zeros((4, 2)), np.zeros(4)), "both same"),
+    (ml.verification_auc, (np.zeros((1, 2)), np.zeros(1)), "at least two"),
+])
+def test_bad_eval_input_raises(fn, args, msg):
+  with pytest.raises(ValueError, match=msg):
+    fn(*args)
+
+
+def test_triplet_training_separates_new_examples_of_its_classes():
+  """100 steps on digits 0-4 improve retrieval of unseen test images of 0-4."""
+  train = data.load("digits", classes=range(5), relabel=False)
+  test = data.load("digits", "test", classes=range(5), relabel=False)
+  model = ml.EmbeddingNet(models.MLP((32,)), dim=8)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  before = ml.evaluate(model, params, test, ks=(1,))
+  tx = optax.adam(3e-3)
+  step = jax.jit(functools.partial(
+      state_lib.train_step, tx=tx, loss_fn=functools.partial(
+          ml.triplet_loss_fn, model=model, mining="semi_hard", margin=0.5)))
+  state = state_lib.create_train_state(params, tx)
+  it = episodes.class_balanced_batches(train, classes_per_batch=5,
+                                       examples_per_class=8, seed=0)
+  for _ in range(100):
+    state, m = step(state, next(it), jax.random.key(0))
+  after = ml.evaluate(model, state.params, test, ks=(1,))
+  assert np.isfinite(m["loss"])
+  assert after["auc"] > before["auc"] + 0.05, (before, after)
+  assert after["recall@1"] > 0.95, (before, after)

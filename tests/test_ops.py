@@ -1,0 +1,88 @@
+"""Tests of tljax.ops against independent calculations (numpy, closed form)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tljax import ops
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0, 2.5])
+def test_gradient_reversal_is_minus_lam_times_grad(lam):
+  x = jnp.array([0.1, -1.2, 2.0, 0.7])
+  c = jnp.array([1.0, 2.0, -3.0, 0.5])
+  f_plain = lambda x: jnp.sum(c * jnp.sin(x))
+  f_rev = lambda x: jnp.sum(c * jnp.sin(ops.gradient_reversal(x, lam)))
+  # forward: identity
+  np.testing.assert_allclose(f_rev(x), f_plain(x), rtol=1e-6)
+  # backward: -lam times the analytic gradient c * cos(x)
+  expected = -lam * np.asarray(c) * np.cos(np.asarray(x))
+  np.testing.assert_allclose(jax.grad(f_rev)(x), expected, rtol=1e-5,
+                             atol=1e-7)
+
+
+def test_gradient_reversal_traced_lam_under_jit_and_no_grad_for_lam():
+  x = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+  f = lambda x, lam: jnp.sum(ops.gradient_reversal(x, lam) ** 2)
+  gx, glam = jax.jit(jax.grad(f, argnums=(0, 1)))(x, jnp.float32(0.5))
+  np.testing.assert_allclose(gx, -0.5 * 2 * np.asarray(x), rtol=1e-6)
+  assert float(glam) == 0.0
+
+
+def test_gradient_reversal_only_flips_the_branch_it_sits_on():
+  # y = x * 3 (plain) + gr(x) * 2: dy/dx = 3 - lam * 2
+  lam = 0.75
+  f = lambda x: 3.0 * x + 2.0 * ops.gradient_reversal(x, lam)
+  assert np.isclose(float(jax.grad(f)(1.3)), 3.0 - 2.0 * lam)
+
+
+def _np_sq(a, b):
+  return np.array([[np.sum((ai - bj) ** 2) for bj in b] for ai in a])
+
+
+def test_pairwise_sq_distances_matches_numpy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
+  np.testing.assert_allclose(
+      ops.pairwise_sq_distances(jnp.asarray(a), jnp.asarray(b)),
+      _np_sq(a, b), rtol=1e-5, atol=1e-5)
+  d = ops.pairwise_sq_distances(jnp.asarray(a))
+  np.testing.assert_allclose(d, _np_sq(a, a), rtol=1e-5, atol=1e-5)
+  assert float(jnp.min(d)) >= 0.0
+
+
+@pytest.mark.parametrize("kind", ["l2", "squared_l2", "cosine"])
+def test_pairwise_distances_kinds_match_numpy(kind):
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(6, 4)), rng.normal(size=(3, 4))
+  if kind == "l2":
+    ref = np.sqrt(_np_sq(a, b))
+  elif kind == "squared_l2":
+    ref = _np_sq(a, b)
+  else:
+    ref = np.array([[1 - ai @ bj / np.linalg.norm(ai) / np.linalg.norm(bj)
+                     for bj in b] for ai in a])
+  got = ops.pairwise_distances(jnp.asarray(a), jnp.asarray(b), kind=kind)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_l2_distance_has_finite_gradient_at_coincident_points():
+  a = jnp.array([[1.0, 2.0], [1.0, 2.0]])
+  g = jax.grad(lambda a: jnp.sum(ops.pairwise_distances(a)))(a)
+  assert np.all(np.isfinite(g))
+
+
+def test_gaussian_kernel_matches_numpy():
+  rng = np.random.default_rng(2)
+  a, b = rng.normal(size=(4, 2)), rng.normal(size=(5, 2))
+  np.testing.assert_allclose(
+      ops.gaussian_kernel(jnp.asarray(a), jnp.asarray(b), gamma=0.7),
+      np.exp(-0.7 * _np_sq(a, b)), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_distance_kind_raises():
+  with pytest.raises(ValueError, match="unknown distance"):
+    ops.pairwise_distances(jnp.ones((2, 2)), kind="manhattan")

@@ -1,0 +1,167 @@
+"""Losses of the fine-tuning family: conservative training and distillation.
+
+- :func:`l2_sp_penalty`: parameter-space regulariser towards the source model
+  (Li, Grandvalet & Davoine, 2018, "Explicit Inductive Bias for Transfer
+  Learning with Convolutional Networks").
+- :func:`distillation_kl`: KL between teacher and student at temperature T,
+  scaled by T^2 (Hinton, Vinyals & Dean, 2015, "Distilling the Knowledge in a
+  Neural Network").
+- :func:`lwf_penalty`: the output-space penalty of Learning without
+  Forgetting (Li & Hoiem, 2016): the new model's old-task outputs on the new
+  data must keep the recorded outputs of the original model.
+
+All are pure functions of arrays and pytrees; nothing here knows a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from tljax import params as params_lib
+
+PyTree = Any
+
+DEFAULT_SHARED_RULES = (("backbone/.*", True), (".*", False))
+
+
+def l2_sp_shared_mask(params: PyTree,
+                      rules: Sequence[tuple[str, bool]] = DEFAULT_SHARED_RULES
+                      ) -> PyTree:
+  """Bool tree: True for the leaves shared with (copied from) the source.
+
+  Args:
+    params: the target model's parameters.
+    rules: ordered ``(regex, bool)`` rules over ``/``-joined leaf names (first
+      match wins; every leaf covered; see :func:`tljax.params.make_mask`).
+      The default shares the backbone and treats everything else (the new
+      head) as new.
+
+  Returns:
+    A tree of Python bools shaped like ``params``.
+
+  Raises:
+    ValueError: if a leaf is uncovered or a rule matches nothing.
+  """
+  return params_lib.make_mask(params, [tuple(r) for r in rules],
+                              what="l2_sp shared rules")
+
+
+def l2_sp_penalty(params: PyTree, source_params: PyTree, shared_mask: PyTree,
+                  *, alpha: float, beta: float) -> jax.Array:
+  """L2-SP: ``alpha/2 ||w_S - w_S^0||^2 + beta/2 ||w_new||^2``.
+
+  Li, Grandvalet & Davoine (2018): instead of weight decay towards zero, the
+  shared parameters ``w_S`` are pulled towards their pretrained values
+  ``w_S^0`` (the starting point); parameters with no source counterpart (a
+  new head) get ordinary weight decay.
+
+    >>> import jax.numpy as jnp
+    >>> p = {'backbone': {'w': jnp.array([2.0])}, 'head': {'w': jnp.array([3.0])}}
+    >>> s = {'backbone': {'w': jnp.array([1.0])}, 'head': {'w': jnp.array([0.0])}}
+    >>> m = {'backbone': {'w': True}, 'head': {'w': False}}
+    >>> float(l2_sp_penalty(p, s, m, alpha=0.5, beta=0.25))
+    1.375
+
+  Args:
+    params: current parameters.
+    source_params: the source model's parameters, same structure (leaves
+      outside ``shared_mask`` are ignored, so a re-initialised head may hold
+      anything of the right shape). Not differentiated.
+    shared_mask: bool tree, True for shared leaves (:func:`l2_sp_shared_mask`).
+    alpha: strength of the pull towards the source.
+    beta: weight decay on the new leaves.
+
+  Returns:
+    The scalar penalty.
+  """
+  source_params = jax.lax.stop_gradient(source_params)
+  new_mask = jax.tree.map(lambda m: not m if isinstance(m, bool)
+                          else jnp.logical_not(m), shared_mask)
+  return (0.5 * alpha * params_lib.tree_sq_distance(params, source_params,
+                                                    shared_mask)
+          + 0.5 * beta * params_lib.tree_sq_norm(params, new_mask))
+
+
+def _check_logits(student: jax.Array, teacher: jax.Array, what: str):
+  if student.shape != teacher.shape:
+    raise ValueError(f"{what}: logits must have the same shape, got "
+                     f"{student.shape} (new/student) and {teacher.shape} "
+                     "(source/teacher); both models need the same outputs "
+                     "(the same number of classes).")
+
+
+def _check_temperature(temperature):
+  if isinstance(temperature, (int, float)) and temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
+                    temperature: float = 1.0) -> jax.Array:
+  """``T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T))``.
+
+  Hinton et al. (2015): soft targets at temperature ``T`` carry the
+  teacher's similarity structure between classes; the ``T^2`` factor keeps
+  the gradient scale independent of ``T`` so the label loss weight need not
+  change with it. The teacher receives no gradient.
+
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1.0, 2.0, 3.0]])
+    >>> float(distillation_kl(z, z, temperature=2.0))
+    0.0
+
+  Args:
+    student_logits: ``(batch, classes)``.
+    teacher_logits: ``(batch, classes)``.
+    temperature: ``T > 0``.
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: on mismatched shapes or a non-positive temperature.
+  """
+  _check_logits(student_logits, teacher_logits, "distillation_kl")
+  _check_temperature(temperature)
+  t = jax.lax.stop_gradient(teacher_logits) / temperature
+  log_p = jax.nn.log_softmax(t, -1)
+  log_q = jax.nn.log_softmax(student_logits / temperature, -1)
+  kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
+  return temperature ** 2 * jnp.mean(kl)
+
+
+def lwf_penalty(new_logits: jax.Array, recorded_logits: jax.Array, *,
+                temperature: float = 2.0) -> jax.Array:
+  """Learning-without-Forgetting loss on the old task's outputs.
+
+  Li & Hoiem (2016), eq. 2: the cross-entropy ``-mean_i sum_c y'_ic log
+  yhat'_ic`` between the recorded outputs of the original network
+  (``y' = softmax(recorded/T)``) and the current network's outputs for the
+  same old task (``yhat' = softmax(new/T)``), at ``T = 2`` in the paper. It
+  differs from the KL of :func:`distillation_kl` by the (constant) entropy
+  of ``y'`` and by not scaling with ``T^2``, as in the paper, where the
+  weight ``lambda_o`` sets the balance.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(lwf_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)))), 4)
+    1.3863
+
+  Args:
+    new_logits: ``(batch, old_classes)`` from the model being trained.
+    recorded_logits: ``(batch, old_classes)`` from the original model on the
+      same inputs. Not differentiated.
+    temperature: ``T > 0``.
+
+  Returns:
+    The scalar loss.
+
+  Raises:
+    ValueError: on mismatched shapes or a non-positive temperature.
+  """
+  _check_logits(new_logits, recorded_logits, "lwf_penalty")
+  _check_temperature(temperature)
+  p = jax.nn.softmax(jax.lax.stop_gradient(recorded_logits) / temperature, -1)
+  log_q = jax.nn.log_softmax(new_logits / temperature, -1)
+  return -jnp.mean(jnp.sum(p * log_q, -1))

@@ -1,0 +1,112 @@
+"""Prototypical networks (Snell, Swersky & Zemel 2017, "Prototypical Networks
+for Few-shot Learning"): a metric-based meta-learner.
+
+An embedding net ``f`` maps the support set of an N-way K-shot episode to
+vectors; each class's prototype is the mean of its support embeddings,
+``c_k = 1/K sum_{y_i = k} f(x_i)``, and a query is classified by a softmax over
+negative (squared Euclidean) distances, ``p(y = k | x) ∝ exp(-d(f(x), c_k))``.
+Training minimises the query cross-entropy over episodes of the meta-train
+classes; nothing is fine-tuned at test time.
+
+With a fixed embedding (e.g. a classifier's backbone pretrained on the
+meta-train classes), the same :func:`episode_logits` is the nearest-centroid
+baseline (Mensink et al. 2013; Chen et al. 2019, "A Closer Look at Few-shot
+Classification").
+
+  >>> import jax.numpy as jnp
+  >>> emb = jnp.array([[0., 0.], [2., 0.], [0., 4.]])
+  >>> prototypes(emb, jnp.array([0, 0, 1]), 2).tolist()
+  [[1.0, 0.0], [0.0, 4.0]]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tljax import losses
+from tljax import ops
+
+PyTree = Any
+
+
+def prototypes(support_emb: jax.Array, support_y: jax.Array,
+               n_way: int) -> jax.Array:
+  """Class means of the support embeddings, ``(n_way, dim)``.
+
+  Raises:
+    ValueError: on mismatched shapes.
+  """
+  if support_emb.ndim != 2 or support_y.shape != support_emb.shape[:1]:
+    raise ValueError(f"prototypes: support embeddings (n, dim) and labels "
+                     f"(n,) must match; got {support_emb.shape} and "
+                     f"{support_y.shape}.")
+  onehot = jax.nn.one_hot(support_y, n_way, dtype=support_emb.dtype)
+  counts = jnp.maximum(onehot.sum(0), 1.0)
+  return (onehot.T @ support_emb) / counts[:, None]
+
+
+def proto_logits(query_emb: jax.Array, protos: jax.Array, *,
+                 distance: str = "squared_l2") -> jax.Array:
+  """Negative distances of each query to each prototype, ``(nq, n_way)``."""
+  if query_emb.ndim != 2 or query_emb.shape[-1] != protos.shape[-1]:
+    raise ValueError(f"proto_logits: query embeddings {query_emb.shape} and "
+                     f"prototypes {protos.shape} must share their last "
+                     "(feature) dimension.")
+  return -ops.pairwise_distances(query_emb, protos, kind=distance)
+
+
+def episode_logits(embed_fn: Callable[[jax.Array], jax.Array],
+                   episode: dict, n_way: int, *,
+                   distance: str = "squared_l2") -> jax.Array:
+  """Query logits of one episode under any embedding function.
+
+  Support and query go through ``embed_fn`` in one call (one forward pass).
+  """
+  ns = episode["support_x"].shape[0]
+  emb = embed_fn(jnp.concatenate([episode["support_x"],
+                                  episode["query_x"]]))
+  emb = emb.reshape((emb.shape[0], -1))
+  return proto_logits(emb[ns:], prototypes(emb[:ns], episode["support_y"],
+                                           n_way), distance=distance)
+
+
+def model_embed_fn(model: nn.Module, params: PyTree, *,
+                   method: str | None = None):
+  """``x -> model.apply(params, x)`` (e.g. ``method='features'`` for a
+  :class:`~tljax.models.Classifier`'s backbone)."""
+  return lambda x: model.apply({"params": params}, x, method=method)
+
+
+def loss_fn(params, state, batch, rng, *, model: nn.Module, n_way: int,
+            distance: str = "squared_l2", method: str | None = None,
+            axis_name: str | None = None):
+  """Mean query cross-entropy over a meta-batch of episodes (leading task
+  axis, from :class:`tljax.data.episodes.EpisodeSampler`); metric
+  ``accuracy``. Tasks are independent, so ``train_step``'s ``pmean`` over
+  equal device shares of tasks is the global mean."""
+  del state, rng, axis_name
+  embed = model_embed_fn(model, params, method=method)
+
+  def one(ep):
+    logits = episode_logits(embed, ep, n_way, distance=distance)
+    return (losses.cross_entropy(logits, ep["query_y"]),
+            losses.accuracy(logits, ep["query_y"]))
+
+  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
+                               "query_y")}
+  ce, acc = jax.vmap(one)(eps)
+  return ce.mean(), {"accuracy": acc.mean()}
+
+
+def episode_accuracies(embed_fn, batch: dict, n_way: int, *,
+                       distance: str = "squared_l2") -> jax.Array:
+  """Per-episode query accuracy of a meta-batch, ``(tasks,)``."""
+  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
+                               "query_y")}
+  return jax.vmap(lambda ep: losses.accuracy(
+      episode_logits(embed_fn, ep, n_way, distance=distance),
+      ep["query_y"]))(eps)

@@ -1,0 +1,595 @@
+r"""Zero-shot learning: recognise classes never seen in training from a
+description of each class (a vector of attributes).
+
+Two families, both trained on the *seen* classes only and tested on held-out
+*unseen* classes:
+
+- ``dap``: direct attribute prediction (Lampert, Nickisch & Harmeling 2009,
+  2014, "Attribute-Based Classification for Zero-Shot Visual Object
+  Categorization"). A classifier with one sigmoid output per attribute
+  (:class:`tljax.models.Classifier` with ``num_classes = M``), trained with
+  :func:`tljax.losses.attribute_loss`; an input goes to the candidate class
+  whose attribute signature is most probable (:func:`dap_scores`).
+- ``embedding``: inputs and class descriptions in one space (DeViSE, Frome et
+  al. 2013; ALE, Akata et al. 2015). :class:`ZeroShotEmbedder` maps an input
+  to ``f(x)`` and a class's attributes to ``g(a_y)``; the score is
+  ``f(x) . g(a_y)``, trained with :func:`tljax.losses.hinge_ranking_loss`
+  over the seen classes; an unseen input goes to the class whose embedding
+  scores highest (nearest by inner product).
+
+Class descriptions for the embedded digit data sets (``digits``,
+``mnist1d``, ``npz`` files with digit labels): :data:`SEVEN_SEGMENT`, the
+segments a seven-segment display lights for each digit (7 binary,
+objective attributes: a top, b upper right, c lower right, d bottom, e lower
+left, f upper left, g middle; 6 with its top bar and 9 with its bottom bar),
+plus one shape attribute ``closed_loop`` (the lit segments enclose a region:
+0, 6, 8, 9), or your own matrix (``npz:<path>`` holding ``attributes`` of
+shape ``(num_classes, M)``; :func:`class_attributes`).
+
+  >>> import numpy as np
+  >>> a, names = class_attributes("segments")
+  >>> names[:3], a[7].tolist()
+  (('a_top', 'b_upper_right', 'c_lower_right'), [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tljax import data as data_lib
+from tljax import losses
+from tljax import models
+from tljax import optim
+from tljax.methods import supervised
+from tljax.train import loop
+from tljax.train import state as state_lib
+
+PyTree = Any
+METHODS = ("dap", "embedding")
+
+SEGMENT_NAMES = ("a_top", "b_upper_right", "c_lower_right", "d_bottom",
+                 "e_lower_left", "f_upper_left", "g_middle")
+# Segments lit for each digit on a seven-segment display.
+SEVEN_SEGMENT = {0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg",
+                 5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg", 9: "abcdfg"}
+CLOSED_LOOP = (0, 6, 8, 9)
+
+
+def class_attributes(spec: str = "segments+loop", num_classes: int = 10
+                     ) -> tuple[np.ndarray, tuple[str, ...]]:
+  """The class-attribute matrix ``(num_classes, M)`` and attribute names.
+
+  Args:
+    spec: ``segments`` (7 seven-segment attributes), ``segments+loop`` (plus
+      ``closed_loop``), both for the 10 digits; or ``npz:<path>`` with an
+      array ``attributes`` of shape ``(num_classes, M)`` and optionally
+      ``names``.
+    num_classes: the number of classes of the data set.
+
+  Returns:
+    ``(attributes float32, names)``.
+
+  Raises:
+    ValueError, FileNotFoundError: on an unknown spec, a missing file or
+      key, a matrix of the wrong shape, or non-finite values.
+  """
+  if spec in ("segments", "segments+loop"):
+    if num_classes != 10:
+      raise ValueError(f"the {spec!r} descriptions are for the 10 digits, but "
+                       f"the data set has {num_classes} classes; give your "
+                       "own with descriptions=npz:<path>.")
+    a = np.array([[float(s in SEVEN_SEGMENT[d]) for s in "abcdefg"]
+                  for d in range(10)], np.float32)
+    names = SEGMENT_NAMES
+    if spec == "segments+loop":
+      loop_col = np.array([[float(d in CLOSED_LOOP)] for d in range(10)],
+                          np.float32)
+      a, names = np.concatenate([a, loop_col], 1), names + ("closed_loop",)
+    return a, names
+  if spec.startswith("npz:"):
+    path = spec[4:]
+    if not os.path.exists(path):
+      raise FileNotFoundError(
+          f"no class-description file at {path!r}; save one with "
+          "np.savez(path, attributes=A) with A of shape (num_classes, M).")
+    with np.load(path, allow_pickle=False) as f:
+      if "attributes" not in f:
+        raise ValueError(f"{path} has keys {sorted(f.keys())}; it needs "
+                         "'attributes' of shape (num_classes, M).")
+      a = np.asarray(f["attributes"], np.float32)
+      names = (tuple(str(n) for n in f["names"]) if "names" in f
+               else tuple(f"attr_{i}" for i in range(a.shape[-1])))
+    if a.ndim != 2 or a.shape[0] != num_classes:
+      raise ValueError(f"{path}: attributes must have shape ({num_classes}, "
+                       f"M), one row per class; got {a.shape}.")
+    if not np.all(np.isfinite(a)):
+      raise ValueError(f"{path}: attributes contain NaN or Inf.")
+    if len(names) != a.shape[1]:
+      raise ValueError(f"{path}: {len(names)} names for {a.shape[1]} "
+                       "attributes.")
+    return a, names
+  raise ValueError(f"unknown class descriptions {spec!r}; use segments, "
+                   "segments+loop or npz:<path>")
+
+
+def check_split(attributes: np.ndarray, seen: Sequence[int],
+                unseen: Sequence[int], names: Sequence[str] | None = None):
+  """Refuses seen/unseen class splits that zero-shot learning cannot use.
+
+  Raises:
+    ValueError: if the sets overlap, fewer than two seen or unseen classes
+      are given, a class is out of range, two unseen classes have the same
+      description (nothing could tell them apart), or an attribute has one
+      value on every seen class (nothing could learn it).
+  """
+  a = np.asarray(attributes)
+  c = a.shape[0]
+  seen, unseen = [int(s) for s in seen], [int(u) for u in unseen]
+  names = list(names) if names is not None else [f"attr_{i}"
+                                                 for i in range(a.shape[1])]
+  if set(seen) & set(unseen):
+    raise ValueError(f"seen classes {seen} and unseen classes {unseen} "
+                     "overlap; zero-shot classes must never be trained on.")
+  if len(seen) < 2 or len(unseen) < 2:
+    raise ValueError(f"need at least two seen and two unseen classes; got "
+                     f"seen={seen}, unseen={unseen}.")
+  bad = [k for k in seen + unseen if not 0 <= k < c]
+  if bad:
+    raise ValueError(f"classes {bad} are not in [0, {c}).")
+  for i, u in enumerate(unseen):
+    for v in unseen[i + 1:]:
+      if np.array_equal(a[u], a[v]):
+        raise ValueError(f"unseen classes {u} and {v} have the same "
+                         "description; no zero-shot method can tell them "
+                         "apart. Choose other unseen classes or richer "
+                         "descriptions.")
+  const = [names[m] for m in range(a.shape[1])
+           if np.ptp(a[seen, m]) == 0 and np.ptp(a[unseen, m]) > 0]
+  if const:
+    raise ValueError(f"attributes {const} take one value on every seen class "
+                     f"{seen} but differ among the unseen ones, so nothing "
+                     "can learn them; move a class that differs in them from "
+                     "the unseen to the seen set.")
+
+
+# ----------------------------------------------------------------- models
+class ClassEncoder(nn.Module):
+  """``g(a)``: class attributes to the joint space (linear by default, as in
+  ALE's bilinear compatibility; ``hidden`` adds relu layers)."""
+  dim: int
+  hidden: Sequence[int] = ()
+
+  @nn.compact
+  def __call__(self, a):
+    for i, f in enumerate(self.hidden):
+      a = nn.relu(nn.Dense(f, name=f"layer_{i}")(a))
+    return nn.Dense(self.dim, name="out")(a)
+
+
+class ZeroShotEmbedder(nn.Module):
+  """``f(x) = head(backbone(x))`` and ``g(a) = class_encoder(a)``; calling
+  it gives the scores ``f(x) @ g(A).T``. Parameters ``backbone``, ``head``,
+  ``class_encoder`` (a classifier's backbone loads with
+  ``dont_load=('head/.*', 'class_encoder/.*')``)."""
+  backbone: nn.Module
+  dim: int = 32
+  class_hidden: Sequence[int] = ()
+  normalize: bool = False
+
+  def setup(self):
+    self.head = nn.Dense(self.dim)
+    self.class_encoder = ClassEncoder(self.dim, tuple(self.class_hidden))
+
+  def _norm(self, e):
+    if not self.normalize:
+      return e
+    return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+
+  def embed_inputs(self, x, *, train: bool = False):
+    return self._norm(self.head(self.backbone(x, train=train)))
+
+  def embed_classes(self, class_attributes):
+    return self._norm(self.class_encoder(class_attributes))
+
+  def __call__(self, x, class_attributes, *, train: bool = False):
+    return self.embed_inputs(x, train=train) @ self.embed_classes(
+        class_attributes).T
+
+
+def _backbone(model_config, example_shape) -> nn.Module:
+  cfg = dict(model_config)
+  name = cfg.pop("name", "auto")
+  if name == "auto":
+    name = models.nets.default_backbone_for(example_shape)
+  return models.build_backbone(name, **cfg)
+
+
+def build_model(method: str, model_config, example_shape, *,
+                num_attributes: int, dim: int = 32,
+                class_hidden: Sequence[int] = (),
+                normalize: bool = False) -> nn.Module:
+  """The DAP attribute classifier or the :class:`ZeroShotEmbedder`."""
+  if method not in METHODS:
+    raise ValueError(f"unknown zero-shot method {method!r}; choose one of "
+                     f"{METHODS}")
+  backbone = _backbone(model_config, example_shape)
+  if method == "dap":
+    return models.Classifier(backbone, num_classes=num_attributes)
+  return ZeroShotEmbedder(backbone, dim=dim, class_hidden=tuple(class_hidden),
+                          normalize=normalize)
+
+
+def init_params(model: nn.Module, example_shape, num_attributes: int,
+                seed: int) -> PyTree:
+  x = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
+  if isinstance(model, ZeroShotEmbedder):
+    a = jnp.zeros((2, num_attributes), jnp.float32)
+    return model.init(jax.random.key(seed), x, a)["params"]
+  return model.init(jax.random.key(seed), x)["params"]
+
+
+# ----------------------------------------------------------------- losses
+def dap_loss(params, state, batch, rng, *, model: nn.Module, axis_name=None):
+  """Attribute cross-entropy: ``batch['y']`` indexes the rows of
+  ``state.extra['class_attributes']`` (the seen classes' descriptions,
+  carried in the state so that one compiled step serves every class split).
+  Metrics: ``attribute_accuracy``."""
+  del rng, axis_name
+  logits = model.apply({"params": params}, batch["x"], train=True)
+  targets = state.extra["class_attributes"][batch["y"]]
+  loss = losses.attribute_loss(logits, targets)
+  acc = jnp.mean((logits > 0) == (targets > 0.5))
+  return loss, {"attribute_accuracy": acc}
+
+
+def embedding_loss(params, state, batch, rng, *, model: ZeroShotEmbedder,
+                   margin: float = 1.0, reduction: str = "max",
+                   axis_name=None):
+  """Hinge ranking loss of ``f(x) . g(a_y)`` over the seen classes
+  (``batch['y']`` indexes the rows of ``state.extra['class_attributes']``).
+  Metrics: ``accuracy`` among the seen classes."""
+  del rng, axis_name
+  scores = model.apply({"params": params}, batch["x"],
+                       state.extra["class_attributes"], train=True)
+  loss = losses.hinge_ranking_loss(scores, batch["y"], margin=margin,
+                                   reduction=reduction)
+  return loss, {"accuracy": losses.accuracy(scores, batch["y"])}
+
+
+def create_train_state(params: PyTree, tx, seen_attributes
+                       ) -> state_lib.TrainState:
+  """A train state carrying the seen classes' descriptions in ``extra``."""
+  return state_lib.create_train_state(
+      params, tx, extra={"class_attributes": jnp.asarray(seen_attributes,
+                                                         jnp.float32)})
+
+
+# ---------------------------------------------------------------- scoring
+def dap_scores(attribute_probs, class_attributes, *, priors=None,
+               eps: float = 1e-6) -> jax.Array:
+  """DAP log-scores of every class (Lampert et al. 2014, eq. 2).
+
+  ``log p(z | x) = sum_m log p(a_m = a^z_m | x) - sum_m log p(a_m = a^z_m)
+  + const``, where ``p(a_m = 1 | x)`` are the predicted attribute
+  probabilities and ``p(a_m = 1)`` the attribute priors (Lampert et al. use
+  the mean over the training classes; ``None`` means 0.5 each, a constant
+  that drops out). Soft attributes ``a^z_m`` in ``[0, 1]`` weigh both terms.
+
+  Args:
+    attribute_probs: ``(n, M)`` probabilities ``p(a_m = 1 | x)``.
+    class_attributes: ``(C, M)`` class signatures.
+    priors: ``(M,)`` attribute priors, or ``None``.
+    eps: probabilities are clipped to ``[eps, 1 - eps]``.
+
+  Returns:
+    ``(n, C)`` log-scores; the predicted class is their argmax.
+
+  Raises:
+    ValueError: if the attribute dimensions disagree.
+  """
+  p = jnp.asarray(attribute_probs)
+  a = jnp.asarray(class_attributes, p.dtype)
+  if p.ndim != 2 or a.ndim != 2 or p.shape[1] != a.shape[1]:
+    raise ValueError(f"dap_scores: attribute_probs (n, M) and "
+                     f"class_attributes (C, M) must agree in M; got "
+                     f"{p.shape} and {a.shape}.")
+  p = jnp.clip(p, eps, 1 - eps)
+  scores = jnp.log(p) @ a.T + jnp.log1p(-p) @ (1 - a).T
+  if priors is not None:
+    pr = jnp.clip(jnp.asarray(priors, p.dtype), eps, 1 - eps)
+    if pr.shape != (a.shape[1],):
+      raise ValueError(f"dap_scores: priors must have shape ({a.shape[1]},); "
+                       f"got {pr.shape}.")
+    scores = scores - (a @ jnp.log(pr) + (1 - a) @ jnp.log1p(-pr))[None, :]
+  return scores
+
+
+def class_scores(method: str, model: nn.Module, params: PyTree,
+                 x: np.ndarray, class_attributes: np.ndarray, *,
+                 priors=None) -> np.ndarray:
+  """``(n, C)`` scores of every class in ``class_attributes`` for ``x``."""
+  if method == "dap":
+    logits = supervised.predict(model, params, x)
+    return np.asarray(dap_scores(jax.nn.sigmoid(logits), class_attributes,
+                                 priors=priors))
+  emb = supervised.predict(model, params, x, method="embed_inputs")
+  cls = model.apply({"params": params}, jnp.asarray(class_attributes),
+                    method="embed_classes")
+  return emb @ np.asarray(cls).T
+
+
+def predict_among(scores: np.ndarray, candidates: Sequence[int]
+                  ) -> np.ndarray:
+  """The class id (from ``candidates``) with the highest score per row."""
+  candidates = np.asarray(candidates)
+  return candidates[np.argmax(np.asarray(scores)[:, candidates], axis=1)]
+
+
+def per_class_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+  """Mean over the true classes of each class's accuracy (the ZSL standard
+  of Xian et al. 2018, robust to class imbalance)."""
+  return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+
+
+def evaluate(method: str, model: nn.Module, params: PyTree, *,
+             class_attributes: np.ndarray, seen: Sequence[int],
+             unseen: Sequence[int], unseen_x: np.ndarray,
+             unseen_y: np.ndarray, seen_x: np.ndarray, seen_y: np.ndarray,
+             priors=None) -> dict[str, Any]:
+  """Zero-shot (unseen only) and generalized zero-shot (all classes)
+  accuracies; ``*_y`` hold original class ids."""
+  s_u = class_scores(method, model, params, unseen_x, class_attributes,
+                     priors=priors)
+  s_s = class_scores(method, model, params, seen_x, class_attributes,
+                     priors=priors)
+  pred_u = predict_among(s_u, unseen)
+  every = sorted(set(seen) | set(unseen))
+  g_u = float(np.mean(predict_among(s_u, every) == unseen_y))
+  g_s = float(np.mean(predict_among(s_s, every) == seen_y))
+  out = {"unseen_accuracy": float(np.mean(pred_u == unseen_y)),
+         "unseen_per_class_accuracy": per_class_accuracy(pred_u, unseen_y),
+         "seen_accuracy": float(np.mean(predict_among(s_s, seen) == seen_y)),
+         "gzsl_unseen_accuracy": g_u, "gzsl_seen_accuracy": g_s,
+         "gzsl_harmonic_mean": (2 * g_u * g_s / (g_u + g_s)
+                                if g_u + g_s > 0 else 0.0)}
+  confusion = np.zeros((len(unseen), len(unseen)), np.int64)
+  idx = {c: i for i, c in enumerate(unseen)}
+  for t, p in zip(unseen_y, pred_u):
+    confusion[idx[int(t)], idx[int(p)]] += 1
+  out["unseen_confusion"] = confusion
+  return out
+
+
+def random_split(attributes: np.ndarray, num_unseen: int, seed: int, *,
+                 names: Sequence[str] | None = None, max_tries: int = 1000
+                 ) -> tuple[list[int], list[int]]:
+  """A random ``(seen, unseen)`` class split that :func:`check_split`
+  accepts, drawn with ``seed``.
+
+  Raises:
+    ValueError: if ``num_unseen`` leaves fewer than two classes on either
+      side, or no valid split turns up in ``max_tries`` draws.
+  """
+  c = int(np.shape(attributes)[0])
+  if not 2 <= num_unseen <= c - 2:
+    raise ValueError(f"num_unseen must be in [2, {c - 2}] for {c} classes, "
+                     f"got {num_unseen}")
+  rng = np.random.default_rng(seed)
+  for _ in range(max_tries):
+    unseen = sorted(int(u) for u in rng.choice(c, num_unseen, replace=False))
+    seen = [k for k in range(c) if k not in unseen]
+    try:
+      check_split(attributes, seen, unseen, names)
+    except ValueError:
+      continue
+    return seen, unseen
+  raise ValueError(f"no valid split with {num_unseen} unseen classes in "
+                   f"{max_tries} draws; use fewer unseen classes or richer "
+                   "descriptions.")
+
+
+def plot_runs(path: str, runs: dict[str, list[dict]], splits: list,
+              chance: float, confusions: dict[str, np.ndarray] | None = None):
+  """Unseen-class accuracy of every run (bars, one per method) against
+  chance; with one fixed split, also the row-normalised confusion matrices
+  over its unseen classes."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  panels = 1 + (len(confusions) if confusions else 0)
+  fig = Figure(figsize=(max(5, 1.1 * len(splits) + 2) + 3.8 * (panels - 1),
+                        3.8))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, panels, 1)
+  methods = list(runs)
+  width = 0.8 / len(methods)
+  for i, m in enumerate(methods):
+    xs = np.arange(len(splits)) + (i - (len(methods) - 1) / 2) * width
+    ax.bar(xs, [100 * r["unseen_accuracy"] for r in runs[m]], width,
+           label=m)
+  ax.axhline(100 * chance, color="k", ls="--", lw=1, label="chance")
+  ax.set_xticks(range(len(splits)),
+                ["/".join(str(u) for u in sp) for sp in splits], fontsize=8)
+  ax.set_xlabel("unseen classes of each run")
+  ax.set_ylabel("unseen-class accuracy (%)")
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  if confusions:
+    unseen = splits[0]
+    for i, (name, cm) in enumerate(confusions.items()):
+      ax = fig.add_subplot(1, panels, i + 2)
+      rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+      ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
+      for r in range(len(unseen)):
+        for c in range(len(unseen)):
+          ax.text(c, r, f"{rows[r, c]:.2f}", ha="center", va="center",
+                  color="white" if rows[r, c] > 0.5 else "black")
+      ax.set_xticks(range(len(unseen)), [str(u) for u in unseen])
+      ax.set_yticks(range(len(unseen)), [str(u) for u in unseen])
+      ax.set_xlabel("predicted")
+      ax.set_ylabel("true class")
+      ax.set_title(f"{name} (all runs)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------- experiment
+def _summary(values) -> dict[str, Any]:
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+          "runs": [float(v) for v in values]}
+
+
+def _splits(config, attrs, names) -> list[tuple[list[int], list[int]]]:
+  """One (seen, unseen) split per run: the configured one, or random ones."""
+  c = attrs.shape[0]
+  if config.unseen_classes:
+    unseen = [int(u) for u in config.unseen_classes]
+    seen = ([int(k) for k in config.seen_classes] if config.seen_classes
+            else [k for k in range(c) if k not in unseen])
+    check_split(attrs, seen, unseen, names)
+    return [(seen, unseen)] * config.num_seeds
+  if config.seen_classes:
+    raise ValueError("seen_classes needs unseen_classes; leave both empty "
+                     "for random splits.")
+  return [random_split(attrs, config.num_unseen, config.seed + k, names=names)
+          for k in range(config.num_seeds)]
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+  """Trains each zero-shot method on the seen classes and measures accuracy
+  on the unseen classes against chance, over ``num_seeds`` runs.
+
+  Run ``k`` uses seed ``seed + k`` for the initialisation and, unless
+  ``unseen_classes`` fixes the split, for a random valid split of
+  ``num_unseen`` unseen classes (:func:`random_split`). Unseen classes are
+  scored on all their examples of both data splits (none is ever trained
+  on); seen-class accuracy on the test split.
+
+  Writes ``results.json`` (``metrics``: ``<method>_unseen_accuracy`` etc. as
+  mean, std and runs; ``chance_accuracy``; ``splits``; ``unseen_accuracy``
+  of the best method), ``table.md`` and ``unseen_accuracy.png``; each
+  training run's progress is in ``metrics_<method>_run<k>.jsonl``.
+  """
+  t0 = time.time()
+  methods = list(config.methods)
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise ValueError(f"methods must be a non-empty list from {METHODS}; got "
+                     f"{methods}")
+  if config.num_seeds < 1:
+    raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
+  if config.dap_prior not in ("seen", "uniform"):
+    raise ValueError(f"dap_prior must be 'seen' or 'uniform', got "
+                     f"{config.dap_prior!r}")
+  kw = dict(seed=config.seed, data_dir=config.get("data_dir") or None)
+  full_test = data_lib.load(config.data, "test", **kw).require_labels()
+  attrs, names = class_attributes(config.descriptions, full_test.num_classes)
+  splits = _splits(config, attrs, names)
+  loop.say(f"zero-shot on {config.data}: {len(names)} attributes "
+           f"{list(names)}; unseen classes per run: "
+           f"{[u for _, u in splits]}")
+  runs = {m: [] for m in methods}
+  confusions: dict[str, np.ndarray] = {}
+  shape = full_test.example_shape
+  # One model, optimizer and step per method, compiled once for all runs
+  # (the split's class descriptions travel in the state).
+  built = {}
+  for method in methods:
+    model = build_model(method, config.model, shape,
+                        num_attributes=attrs.shape[1], dim=config.embed_dim,
+                        class_hidden=config.class_hidden,
+                        normalize=config.normalize)
+    loss_fn = (functools.partial(dap_loss, model=model) if method == "dap"
+               else functools.partial(embedding_loss, model=model,
+                                      margin=config.margin,
+                                      reduction=config.reduction))
+    params = init_params(model, shape, attrs.shape[1], config.seed)
+    tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
+    built[method] = (model, tx, functools.partial(
+        state_lib.train_step, loss_fn=loss_fn, tx=tx))
+  for k, (seen, unseen) in enumerate(splits):
+    seed = config.seed + k
+    # Seen classes relabelled 0..len(seen)-1 in the order of ``seen``.
+    train = data_lib.load(
+        config.data, "train", classes=seen,
+        num_examples=(config.max_train_examples
+                      if config.max_train_examples > 0 else None), **kw)
+    un = [data_lib.load(config.data, s, classes=unseen, relabel=False, **kw)
+          for s in ("train", "test")]
+    unseen_x = np.concatenate([u.x for u in un])
+    unseen_y = np.concatenate([u.y for u in un])
+    seen_test = data_lib.load(config.data, "test", classes=seen,
+                              relabel=False, **kw)
+    seen_attrs = attrs[seen]
+    priors = seen_attrs.mean(0) if config.dap_prior == "seen" else None
+    for method in methods:
+      model, tx, step = built[method]
+      params = init_params(model, shape, attrs.shape[1], seed)
+
+      def seen_accuracy(p, method=method, model=model, seen=seen,
+                        seen_test=seen_test, priors=priors):
+        # Validation on the seen classes' test split (never the unseen).
+        pred = predict_among(class_scores(
+            method, model, p, seen_test.x, attrs, priors=priors), seen)
+        return {"seen_accuracy": float(np.mean(pred == seen_test.y))}
+
+      state, _ = loop.fit(
+          create_train_state(params, tx, seen_attrs), step,
+          lambda s, seed=seed, train=train: data_lib.batches(
+              train.arrays(), config.batch_size, seed=seed, start_step=s),
+          num_steps=config.num_steps, rng=jax.random.key(seed),
+          workdir=workdir, eval_fn=seen_accuracy,
+          eval_every=config.eval_every, log_every=config.log_every,
+          checkpoint_every=0, parallel_mode=config.parallel,
+          name=f"{method}_run{k}")
+      m = evaluate(method, model, state.params, class_attributes=attrs,
+                   seen=seen, unseen=unseen, unseen_x=unseen_x,
+                   unseen_y=unseen_y, seen_x=seen_test.x,
+                   seen_y=seen_test.y, priors=priors)
+      confusions[method] = confusions.get(method, 0) + m.pop(
+          "unseen_confusion")
+      runs[method].append(m)
+      loop.say(f"[run {k}: unseen {unseen}] {method}: unseen_accuracy "
+               f"{m['unseen_accuracy']:.4f} (chance "
+               f"{1 / len(unseen):.3f})  seen_accuracy "
+               f"{m['seen_accuracy']:.4f}")
+  chance = float(np.mean([1.0 / len(u) for _, u in splits]))
+  metrics: dict[str, Any] = {
+      "chance_accuracy": chance, "splits": [u for _, u in splits],
+      "attributes": list(names)}
+  lines = [f"| method | unseen acc. (chance {100 * chance:.1f}) | unseen "
+           "per-class | seen acc. | GZSL unseen | GZSL seen | GZSL H |",
+           "|---|---|---|---|---|---|---|"]
+  keys = ("unseen_accuracy", "unseen_per_class_accuracy", "seen_accuracy",
+          "gzsl_unseen_accuracy", "gzsl_seen_accuracy", "gzsl_harmonic_mean")
+  for method in methods:
+    for key in runs[method][0]:
+      metrics[f"{method}_{key}"] = _summary([r[key] for r in runs[method]])
+    lines.append(f"| {method} | " + " | ".join(
+        f"{100 * metrics[f'{method}_{key}']['mean']:.1f} ± "
+        f"{100 * metrics[f'{method}_{key}']['std']:.1f}" for key in keys)
+        + " |")
+  # The headline number: the best method's mean unseen accuracy.
+  best = max(methods, key=lambda m: metrics[f"{m}_unseen_accuracy"]["mean"])
+  metrics["unseen_accuracy"] = metrics[f"{best}_unseen_accuracy"]["mean"]
+  metrics["best_method"] = best
+  metrics["wall_seconds"] = time.time() - t0
+  table = "\n".join(lines)
+  if loop.is_chief():
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+      f.write(table + "\n")
+    if config.plot:
+      fixed = all(u == splits[0][1] for _, u in splits)
+      plot_runs(os.path.join(workdir, "unseen_accuracy.png"), runs,
+                [u for _, u in splits], chance,
+                confusions if fixed else None)
+  loop.write_results(workdir, metrics, config)
+  loop.say(table)
+  return metrics
