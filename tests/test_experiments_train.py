@@ -79,3 +79,7 @@ def test_binary_runs_and_reports_bad_input_cleanly(tmp_path):
   assert bad.returncode == 2
   assert "unknown mnist1d preset 'blurry'" in bad.stderr
   assert "Traceback" not in bad.stderr
+  typo = subprocess.run(cmd[:2] + ["--workdir=x", "--config.num_stesp=3"],
+                        capture_output=True, text=True, timeout=300)
+  assert typo.returncode == 2 and "num_stesp" in typo.stderr
+  assert "Traceback" not in typo.stderr

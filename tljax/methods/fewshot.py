@@ -38,7 +38,6 @@ from tljax import optim
 from tljax.data import episodes
 from tljax.methods import hypernet
 from tljax.methods import maml
-from tljax.methods import metric_learning
 from tljax.methods import protonet
 from tljax.methods import supervised
 from tljax.train import checkpoint
@@ -70,7 +69,7 @@ def evaluate_episodes(accuracy_fn: Callable[[dict], jax.Array],
 
 
 def _backbone(config, example_shape):
-  return metric_learning.backbone_from_config(config.model, example_shape)
+  return models.backbone_from_config(config.model, example_shape)
 
 
 def _fit(config, workdir, params, loss_fn, batches_from, eval_fn=None,

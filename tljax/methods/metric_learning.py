@@ -76,24 +76,10 @@ class EmbeddingNet(nn.Module):
     return e
 
 
-def backbone_from_config(model_config, example_shape) -> nn.Module:
-  """The backbone named by ``model_config`` (``name``: ``auto`` picks by
-  input shape; other fields are backbone settings, ``None`` ones dropped so
-  that ``--config.model.name=cnn1d --config.model.features=None`` works)."""
-  # The flag parser turns ``--config.model.features=None`` on a tuple field
-  # into ``(None,)``; both mean "the backbone's default".
-  cfg = {k: v for k, v in dict(model_config).items()
-         if v is not None and v != (None,)}
-  name = cfg.pop("name", "auto")
-  if name == "auto":
-    name = models.nets.default_backbone_for(example_shape)
-  return models.build_backbone(name, **cfg)
-
-
 def build_embedding_net(model_config, example_shape, *, dim: int,
                         normalize: bool = False) -> EmbeddingNet:
-  """An :class:`EmbeddingNet` on :func:`backbone_from_config`'s backbone."""
-  return EmbeddingNet(backbone_from_config(model_config, example_shape),
+  """An :class:`EmbeddingNet` on the backbone ``model_config`` names."""
+  return EmbeddingNet(models.backbone_from_config(model_config, example_shape),
                       dim=dim, normalize=normalize)
 
 

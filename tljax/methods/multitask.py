@@ -176,11 +176,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      f"{source.example_shape}, target {c.target!r} "
                      f"{target_all.example_shape}; one trunk needs one input "
                      "shape.")
-  cfg = dict(c.model)
-  if cfg.get("name", "auto") == "auto":
-    cfg["name"] = models.nets.default_backbone_for(source.example_shape)
-  name = cfg.pop("name")
-  model = MultiTaskModel(models.build_backbone(name, **cfg),
+  model = MultiTaskModel(models.backbone_from_config(c.model,
+                                                     source.example_shape),
                          tasks=(("source", source.num_classes),
                                 ("target", target_all.num_classes)))
   modes = {"joint": (("source", c.source_weight), ("target", 1.0)),

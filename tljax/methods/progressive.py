@@ -152,8 +152,10 @@ def _summary(values) -> dict[str, Any]:
 
 
 def plot_accuracies(path: str, results: dict, budgets: Sequence[int],
-                    strategies: Sequence[str], title: str = ""):
-  """Grouped bars of mean ± std target accuracy, one group per budget."""
+                    strategies: Sequence[str], title: str = "",
+                    source_only: float | None = None):
+  """Grouped bars of mean ± std target accuracy, one group per budget; a
+  dashed line for the source column used as it is, if given."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(1.8 + 1.6 * len(budgets) * len(strategies) / 2, 4))
@@ -165,6 +167,9 @@ def plot_accuracies(path: str, results: dict, budgets: Sequence[int],
     std = [100 * results[name][str(b)]["std"] for b in budgets]
     xs = np.arange(len(budgets)) + (i - (len(strategies) - 1) / 2) * width
     ax.bar(xs, mean, width, yerr=std, capsize=3, label=name)
+  if source_only is not None:
+    ax.axhline(100 * source_only, color="k", ls="--", lw=1,
+               label="source column, no target training")
   ax.set_xticks(range(len(budgets)), [f"{b} labels/class" for b in budgets])
   ax.set_ylabel("target test accuracy (%)")
   ax.set_title(title)
@@ -336,7 +341,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if config.plot:
       plot_accuracies(os.path.join(workdir, "accuracy.png"), results, budgets,
                       strategies, f"{' -> '.join(config.sources)} -> "
-                      f"{config.target}")
+                      f"{config.target}",
+                      metrics.get("source_only_target_accuracy"))
   loop.write_results(workdir, metrics, config)
   loop.say(table)
   return metrics

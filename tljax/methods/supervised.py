@@ -88,10 +88,7 @@ def init_params(model: nn.Module, example_shape, seed: int | jax.Array
 
 def build_model(config, num_classes: int, example_shape) -> nn.Module:
   """The classifier named by ``config.model`` (``auto`` picks by input)."""
-  cfg = dict(config.model)
-  if cfg.get("name", "auto") == "auto":
-    cfg["name"] = models.nets.default_backbone_for(example_shape)
-  return models.build_classifier(cfg, num_classes)
+  return models.build_classifier(config.model, num_classes, example_shape)
 
 
 def _load(spec, split, config, **kw):

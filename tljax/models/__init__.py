@@ -4,8 +4,9 @@ from tljax.models.nets import CNN1D
 from tljax.models.nets import CNN2D
 from tljax.models.nets import Classifier
 from tljax.models.nets import MLP
+from tljax.models.nets import backbone_from_config
 from tljax.models.nets import build_backbone
 from tljax.models.nets import build_classifier
 
-__all__ = ["MLP", "CNN1D", "CNN2D", "Classifier", "build_backbone",
+__all__ = ["MLP", "CNN1D", "CNN2D", "Classifier", "build_backbone", "backbone_from_config",
            "build_classifier"]

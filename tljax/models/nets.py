@@ -124,11 +124,28 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
   return BACKBONES[name](**kwargs)
 
 
-def build_classifier(model_config, num_classes: int) -> Classifier:
-  """From a config with ``name`` and optional backbone fields."""
-  cfg = dict(model_config)
-  name = cfg.pop("name")
-  return Classifier(backbone=build_backbone(name, **cfg),
+def backbone_from_config(model_config, example_shape=None) -> nn.Module:
+  """The backbone a model config names, its other fields as settings.
+
+  ``name: auto`` picks by ``example_shape`` (:func:`default_backbone_for`).
+  ``None`` fields mean "the backbone's default" (the flag parser turns
+  ``--config.model.features=None`` on a tuple field into ``(None,)``, so
+  that counts as ``None`` too).
+  """
+  cfg = {k: v for k, v in dict(model_config).items()
+         if v is not None and v != (None,)}
+  name = cfg.pop("name", "auto")
+  if name == "auto":
+    if example_shape is None:
+      raise ValueError("model name 'auto' needs the example shape")
+    name = default_backbone_for(example_shape)
+  return build_backbone(name, **cfg)
+
+
+def build_classifier(model_config, num_classes: int,
+                     example_shape=None) -> Classifier:
+  """A :class:`Classifier` on :func:`backbone_from_config`'s backbone."""
+  return Classifier(backbone=backbone_from_config(model_config, example_shape),
                     num_classes=num_classes)
 
 

@@ -61,3 +61,61 @@ def run_experiment(train_and_evaluate: Callable, config, workdir: str):
   except USER_ERRORS as e:
     print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _bad_override(e: Exception):
+  # ml_collections reports an unknown --config.<field> or a value of the
+  # wrong type this way; the message names the field.
+  print(f"error: bad --config override: {type(e).__name__}: {e}. The config "
+        "file lists the fields and their types.", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(train_and_evaluate: Callable, binary_file: str, *,
+         config_name: str | None = None, default_workdir: str | None = None):
+  """The whole of an experiment binary: flags, then one library call.
+
+  Defines ``--config`` (default ``experiments/configs/<binary name>.py``,
+  locked so a typo in an override is an error) and ``--workdir``, then runs
+  ``train_and_evaluate(config, workdir)`` through :func:`run_experiment`.
+
+    if __name__ == "__main__":
+      cli.main(supervised.train_and_evaluate, __file__)
+  """
+  # Imported here: the experiment binaries are the only users of absl.app
+  # and ml_collections' flag parsing.
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  here = os.path.dirname(os.path.abspath(binary_file))
+  name = config_name or os.path.splitext(os.path.basename(binary_file))[0]
+  try:
+    # ml_collections applies --config.<field> overrides here already.
+    config = config_flags.DEFINE_config_file(
+        "config", os.path.join(here, "configs", f"{name}.py"),
+        "Experiment configuration (an ml_collections file; its docstring has "
+        "the command and the result it gave).", lock_config=True)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    _bad_override(e)
+  workdir = flags.DEFINE_string(
+      "workdir", default_workdir, "Where metrics, checkpoints, results.json "
+      "and plots go; started again, the run resumes from it.",
+      required=default_workdir is None)
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run_experiment(train_and_evaluate, config.value, workdir.value)
+
+  def _parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      print(f"error: {e}\nRun with --helpfull for the flags.",
+            file=sys.stderr)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+      _bad_override(e)
+    sys.exit(2)
+
+  app.run(_main, flags_parser=_parse)
