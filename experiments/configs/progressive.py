@@ -4,7 +4,13 @@ target with few labels, against fine-tuning and training from scratch.
 
   python experiments/progressive.py --workdir=/tmp/tljax/progressive
 
-Measured on this 2-core CPU (shared with other jobs): RESULT_PLACEHOLDER
+Measured on this 2-core CPU (2026-11-22, shared with other agents' jobs;
+docs/results_other_methods.md has the tables): mnist1d:clean -> sheared,
+5 seeds, target accuracy at 5 / 20 / 100 labels per class: progressive
+31.6 / 53.2 / 81.5%, progressive with an untrained column 0 23.1 / 35.1 /
+62.3%, finetune 35.0 / 59.8 / 86.2%, scratch 23.4 / 33.4 / 55.8%; the source
+column unadapted 73.7%; column 0 bit-identical after training (source
+accuracy 97.6% before and after); 81 s.
 """
 
 import ml_collections

@@ -14,7 +14,13 @@ Your own data and class descriptions (``attributes``: (num_classes, M)):
       --config.data=npz:data.npz --config.descriptions=npz:attributes.npz \
       "--config.unseen_classes=(3,6,9)"
 
-Measured on this 2-core CPU (shared with other jobs): RESULT_PLACEHOLDER
+Measured on this 2-core CPU (2026-11-22, shared with other agents' jobs;
+docs/results_other_methods.md has the full tables): the first command, 5 runs
+each with its own random split of 3 unseen digits, unseen-class accuracy
+(chance 33.3%) dap 46.6 ± 9.1%, embedding 37.4 ± 11.0%; seen-class accuracy
+79.4% / 94.9%; 65 s. The mnist1d command: dap 29.4 ± 11.9%, embedding
+40.1 ± 15.2% (at chance: seven-segment descriptions say nothing about
+mnist1d's 1-D templates); 57 s.
 """
 
 import ml_collections
@@ -51,7 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.dap_prior = "seen"         # seen (Lampert et al.) | uniform
   config.embed_dim = 32             # joint space of the embedding method
   config.class_hidden = ()          # g(a): () is linear (ALE's bilinear form)
-  config.normalize = True          # cosine compatibility f(x).g(a)
+  config.normalize = True           # cosine compatibility f(x).g(a)
   config.margin = 1.0               # hinge ranking margin k
   config.reduction = "max"          # max (ALE) | sum (DeViSE)
 

@@ -74,18 +74,10 @@ def with_outputs(model: ProgressiveNet, num_outputs: Sequence[int]
                         adapter_dim=model.adapter_dim)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init(model, example_shape, key):
-  return model.init(key, jnp.zeros((1,) + example_shape, jnp.float32))[
-      "params"]
-
-
 def init_params(model: nn.Module, example_shape, seed: int) -> PyTree:
-  """``model.init`` on a zero example, compiled once per architecture (a
-  progressive net has many small layers, which eager init compiles one by
-  one)."""
-  return jax.device_get(_init(model, tuple(example_shape),
-                              jax.random.key(seed)))
+  """Host copy of ``model``'s parameters (compiled init, see
+  :func:`tljax.methods.supervised.init_params`)."""
+  return jax.device_get(supervised.init_params(model, example_shape, seed))
 
 
 def add_column(model: ProgressiveNet, params: PyTree, *, num_outputs: int,

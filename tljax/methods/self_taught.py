@@ -102,15 +102,6 @@ class Autoencoder(nn.Module):
     return self.decode(self.encode(x, train=train))
 
 
-def build_backbone(model_config, example_shape) -> nn.Module:
-  """The encoder named by ``model_config`` (``auto`` picks by input)."""
-  cfg = dict(model_config)
-  name = cfg.pop("name", "auto")
-  if name == "auto":
-    name = models.nets.default_backbone_for(example_shape)
-  return models.build_backbone(name, **cfg)
-
-
 def reconstruction_loss(params, state, batch, rng, *, model: Autoencoder,
                         noise_std: float = 0.0, sparsity: float = 0.0,
                         axis_name=None):
@@ -297,7 +288,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
            f"({len(test)} test examples)")
 
   # 1. Unsupervised pretraining on the unlabelled data.
-  ae = Autoencoder(build_backbone(config.model, shape), output_shape=shape,
+  ae = Autoencoder(models.backbone_from_config(config.model, shape), output_shape=shape,
                    decoder_features=tuple(config.decoder_features))
   ae_params = supervised.init_params(ae, shape, config.seed)
   # A host copy: fit donates the buffers of the state it is given.
@@ -407,7 +398,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   clustering = {}
   for name in FEATURES:
     scores = [cluster_quality(test_feats[name], test.y, num_clusters=n_out,
-                              seed=config.seed + k)
+                              seed=config.seed + k,
+                              n_init=config.kmeans_restarts)
               for k in range(config.num_seeds)]
     clustering[name] = {key: _summary([s[key] for s in scores])
                         for key in ("ari", "nmi")}

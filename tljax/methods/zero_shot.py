@@ -204,14 +204,6 @@ class ZeroShotEmbedder(nn.Module):
         class_attributes).T
 
 
-def _backbone(model_config, example_shape) -> nn.Module:
-  cfg = dict(model_config)
-  name = cfg.pop("name", "auto")
-  if name == "auto":
-    name = models.nets.default_backbone_for(example_shape)
-  return models.build_backbone(name, **cfg)
-
-
 def build_model(method: str, model_config, example_shape, *,
                 num_attributes: int, dim: int = 32,
                 class_hidden: Sequence[int] = (),
@@ -220,7 +212,7 @@ def build_model(method: str, model_config, example_shape, *,
   if method not in METHODS:
     raise ValueError(f"unknown zero-shot method {method!r}; choose one of "
                      f"{METHODS}")
-  backbone = _backbone(model_config, example_shape)
+  backbone = models.backbone_from_config(model_config, example_shape)
   if method == "dap":
     return models.Classifier(backbone, num_classes=num_attributes)
   return ZeroShotEmbedder(backbone, dim=dim, class_hidden=tuple(class_hidden),
