@@ -31,9 +31,9 @@ from tljax import data  # noqa: E402
 from tljax import models  # noqa: E402
 from tljax import optim  # noqa: E402
 from tljax.methods import features  # noqa: E402
-from tljax.methods import finetune  # noqa: E402
 from tljax.methods import supervised  # noqa: E402
 from tljax.train import state as state_lib  # noqa: E402
+from tljax.train import lean
 
 
 def main():
@@ -50,13 +50,13 @@ def main():
 
   rules = [("backbone/.*", None), (".*", 1.0)]
   tx = optim.make_optimizer(params, learning_rate=1e-3, lr_rules=rules)
-  through = finetune.LeanTrainer(functools.partial(
+  through = lean.LeanTrainer(functools.partial(
       state_lib.train_step, tx=tx, loss_fn=functools.partial(
           supervised.classification_loss, model=model)))
   head = features.head_params(params)
   htx = optim.make_optimizer(head, learning_rate=1e-3)
   # A dense head: one lax.scan beats a Python loop (see LeanTrainer).
-  cached = finetune.LeanTrainer(functools.partial(
+  cached = lean.LeanTrainer(functools.partial(
       state_lib.train_step, tx=htx, loss_fn=functools.partial(
           features.head_loss, model=model)), scan=True)
 

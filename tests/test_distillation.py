@@ -16,8 +16,8 @@ import pytest
 from tljax import models
 from tljax import optim
 from tljax.methods import distillation
-from tljax.methods import finetune
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -99,7 +99,7 @@ def test_student_learns_the_teacher_without_labels():
           distillation.distillation_loss, student=STUDENT, teacher=teacher,
           temperature=2.0, alpha=1.0))
   state = state_lib.create_train_state(sp, tx, extra={"teacher_params": tp})
-  state, metrics = finetune.LeanTrainer(step, scan=True)(
+  state, metrics = lean.LeanTrainer(step, scan=True)(
       state, {"x": x}, batch_size=64, num_steps=300, seed=0,
       rng=jax.random.key(0))
   pred = STUDENT.apply({"params": state.params}, x).argmax(-1)

@@ -16,9 +16,9 @@ from tljax import data as data_lib
 from tljax import models
 from tljax import optim
 from tljax.methods import features
-from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 MODEL = models.Classifier(models.MLP((16, 12)), num_classes=3)
 X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
@@ -83,7 +83,7 @@ def test_head_on_cache_equals_head_through_frozen_backbone():
   step = functools.partial(
       state_lib.train_step, tx=tx,
       loss_fn=functools.partial(supervised.classification_loss, model=MODEL))
-  full, _ = finetune.LeanTrainer(step)(
+  full, _ = lean.LeanTrainer(step)(
       state_lib.create_train_state(PARAMS, tx), {"x": X, "y": Y},
       batch_size=bs, num_steps=steps, seed=seed, rng=rng)
   # On the cache.
@@ -93,7 +93,7 @@ def test_head_on_cache_equals_head_through_frozen_backbone():
   hstep = functools.partial(
       state_lib.train_step, tx=htx,
       loss_fn=functools.partial(features.head_loss, model=MODEL))
-  probe, _ = finetune.LeanTrainer(hstep)(
+  probe, _ = lean.LeanTrainer(hstep)(
       state_lib.create_train_state(head, htx),
       {"features": cache.features, "y": Y}, batch_size=bs, num_steps=steps,
       seed=seed, rng=rng)

@@ -20,6 +20,7 @@ from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 MODEL = models.Classifier(models.MLP((8, 8, 8)), num_classes=3)
 X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
@@ -91,7 +92,7 @@ class LayerTransferTest(parameterized.TestCase):
     params = finetune.transfer_layers(source, fresh, keep)
     tx = optim.make_optimizer(params, learning_rate=0.05,
                               lr_rules=finetune.freeze_rules(keep))
-    trainer = finetune.LeanTrainer(_step(CE, tx))
+    trainer = lean.LeanTrainer(_step(CE, tx))
     state, _ = trainer(state_lib.create_train_state(params, tx), ARRAYS,
                        batch_size=8, num_steps=30, seed=0,
                        rng=jax.random.key(0))
@@ -214,7 +215,7 @@ class LeanTrainerTest(parameterized.TestCase):
     params = _init(0)
     tx = optim.make_optimizer(params, learning_rate=0.01)
     step = _step(CE, tx)
-    trainer = finetune.LeanTrainer(step, scan=scan)
+    trainer = lean.LeanTrainer(step, scan=scan)
     state0 = state_lib.create_train_state(params, tx)
     got, metrics = trainer(state0, ARRAYS, batch_size=8, num_steps=12,
                            seed=3, rng=jax.random.key(0))
@@ -236,10 +237,10 @@ class LeanTrainerTest(parameterized.TestCase):
   def test_nan_raises_with_the_step(self, scan):
     params = _init(0)
     tx = optim.make_optimizer(params)
-    trainer = finetune.LeanTrainer(_step(CE, tx), scan=scan)
+    trainer = lean.LeanTrainer(_step(CE, tx), scan=scan)
     bad = dict(ARRAYS, x=np.where(np.arange(40)[:, None] == 5, np.nan, X))
     with self.assertRaisesRegex(loop.TrainingDiverged, "diverged at step"):
       trainer(state_lib.create_train_state(params, tx), bad, batch_size=40,
               num_steps=3, seed=0, rng=jax.random.key(0))
     with self.assertRaisesRegex(ValueError, "same length"):
-      finetune.stack_batches({"x": X, "y": Y[:3]}, 4, 2, seed=0)
+      lean.stack_batches({"x": X, "y": Y[:3]}, 4, 2, seed=0)

@@ -14,10 +14,10 @@ import optax
 import pytest
 
 from tljax import models
-from tljax.methods import finetune
 from tljax.methods import self_taught as st
 from tljax.methods import supervised
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 
 def _ae(code=3, hidden=(5,), decoder=(4,), shape=(6,)):
@@ -69,7 +69,7 @@ def test_pretraining_learns_low_rank_data():
                          decoder_features=(32,))
   params = supervised.init_params(model, (12,), 0)
   tx = optax.adam(3e-3)
-  trainer = finetune.LeanTrainer(functools.partial(
+  trainer = lean.LeanTrainer(functools.partial(
       state_lib.train_step, tx=tx,
       loss_fn=functools.partial(st.reconstruction_loss, model=model)),
       scan=True)

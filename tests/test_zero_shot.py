@@ -17,9 +17,9 @@ import pytest
 
 from tljax import losses
 from tljax import models
-from tljax.methods import finetune
 from tljax.methods import zero_shot as zs
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 
 def _np_hinge(scores, labels, margin, reduction):
@@ -235,7 +235,7 @@ def test_unseen_classes_recognised_on_synthetic_data(method):
   loss = functools.partial(
       zs.dap_loss if method == "dap" else zs.embedding_loss, model=model)
   tx = optax.adam(3e-3)
-  trainer = finetune.LeanTrainer(functools.partial(
+  trainer = lean.LeanTrainer(functools.partial(
       state_lib.train_step, loss_fn=loss, tx=tx), scan=True)
   state, _ = trainer(zs.create_train_state(params, tx, a[seen]), arrays,
                      batch_size=32, num_steps=400, seed=0,

@@ -35,11 +35,11 @@ from tljax import losses
 from tljax import models
 from tljax import optim
 from tljax import params as params_lib
-from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.train import checkpoint
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 
 def distillation_loss(params, state, batch, rng, *, student: nn.Module,
@@ -120,14 +120,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if c.init_from:
     teacher_params = params_lib.merge_params(
         checkpoint.load_params(c.init_from),
-        finetune.compiled_init(teacher, shape)(jax.random.key(c.seed)))
+        lean.compiled_init(teacher, shape)(jax.random.key(c.seed)))
   else:
     loop.say(f"training the teacher on {c.data}")
     supervised.train_and_evaluate(_teacher_config(c),
                                   os.path.join(workdir, "teacher"))
     teacher_params = checkpoint.load_params(os.path.join(workdir, "teacher"))
   teacher_acc = supervised.evaluate(teacher, teacher_params, test)["accuracy"]
-  init_student = finetune.compiled_init(student, shape)
+  init_student = lean.compiled_init(student, shape)
   student_params0 = init_student(jax.random.key(c.seed))
   tx = optim.make_optimizer(student_params0, learning_rate=c.learning_rate)
   trainers = {}
@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                       teacher=teacher,
                                       temperature=c.temperature,
                                       alpha=c.alpha))):
-    trainers[name] = finetune.LeanTrainer(functools.partial(
+    trainers[name] = lean.LeanTrainer(functools.partial(
         state_lib.train_step, loss_fn=loss_fn, tx=tx))
   budget = c.labels_per_class if c.labels_per_class > 0 else None
   runs = {"student": [], "distilled": []}

@@ -35,10 +35,10 @@ from tljax import data as data_lib
 from tljax import losses
 from tljax import models
 from tljax import optim
-from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 
 class MultiTaskModel(nn.Module):
@@ -111,12 +111,12 @@ def multitask_loss(params, state, batch, rng, *, model: MultiTaskModel,
 def task_batches(task_arrays: dict[str, dict[str, np.ndarray]],
                  batch_size: int, num_steps: int, *, seed: int,
                  start_step: int = 0) -> dict[str, np.ndarray]:
-  """Stacked batches (see :func:`tljax.methods.finetune.stack_batches`) of
+  """Stacked batches (see :func:`tljax.train.lean.stack_batches`) of
   every task, keyed ``x_<task>``, ``y_<task>``; each task is shuffled on its
   own, so tasks of different sizes cycle at their own pace."""
   out = {}
   for i, (task, arrays) in enumerate(sorted(task_arrays.items())):
-    stacked = finetune.stack_batches(arrays, batch_size, num_steps,
+    stacked = lean.stack_batches(arrays, batch_size, num_steps,
                                      seed=seed * 1000 + i,
                                      start_step=start_step)
     out.update({f"{k}_{task}": v for k, v in stacked.items()})
@@ -182,10 +182,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 ("target", target_all.num_classes)))
   modes = {"joint": (("source", c.source_weight), ("target", 1.0)),
            "target_only": (("target", 1.0),)}
-  init = finetune.compiled_init(model, source.example_shape)
+  init = lean.compiled_init(model, source.example_shape)
   params0 = init(jax.random.key(0))
   tx = optim.make_optimizer(params0, learning_rate=c.learning_rate)
-  trainers = {m: finetune.LeanTrainer(functools.partial(
+  trainers = {m: lean.LeanTrainer(functools.partial(
       state_lib.train_step, tx=tx, loss_fn=functools.partial(
           multitask_loss, model=model, weights=w))) for m, w in modes.items()}
   budget = c.labels_per_class if c.labels_per_class > 0 else None

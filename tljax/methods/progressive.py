@@ -45,11 +45,11 @@ from tljax import data as data_lib
 from tljax import losses
 from tljax import optim
 from tljax import params as params_lib
-from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.models.progressive import ProgressiveNet
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 PyTree = Any
 STRATEGIES = ("progressive", "progressive_untrained", "finetune", "scratch")
@@ -269,7 +269,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       step = functools.partial(state_lib.train_step, tx=tx,
                                loss_fn=functools.partial(column_loss,
                                                          model=net))
-      trainers[name] = (tx, finetune.LeanTrainer(step))
+      trainers[name] = (tx, lean.LeanTrainer(step))
     tx, trainer = trainers[name]
     state = state_lib.create_train_state(params, tx)
     state, _ = trainer(state, train.arrays(), batch_size=config.batch_size,

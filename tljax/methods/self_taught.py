@@ -52,10 +52,10 @@ from tljax import models
 from tljax import optim
 from tljax import params as params_lib
 from tljax.methods import features as features_lib
-from tljax.methods import finetune
 from tljax.methods import supervised
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 PyTree = Any
 STRATEGIES = ("raw_linear", "random_linear", "self_taught_linear", "scratch",
@@ -338,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       t = optim.make_optimizer(params, name=config.optim.name,
                                learning_rate=lr,
                                grad_clip_norm=config.optim.grad_clip_norm)
-      trainers[name] = (t, finetune.LeanTrainer(functools.partial(
+      trainers[name] = (t, lean.LeanTrainer(functools.partial(
           state_lib.train_step, tx=t, loss_fn=loss_fn)))
     t, trainer = trainers[name]
     st = state_lib.create_train_state(params, t)

@@ -68,22 +68,8 @@ def evaluate(model: nn.Module, params: PyTree, dataset: data_lib.Dataset, *,
   return {"accuracy": float(np.mean(logits.argmax(-1) == y)), "loss": loss}
 
 
-@functools.partial(jax.jit, static_argnames=("model", "example_shape"))
-def _init(model, example_shape, key):
-  return model.init(key, jnp.zeros((1,) + example_shape, jnp.float32))[
-      "params"]
-
-
-def init_params(model: nn.Module, example_shape, seed: int | jax.Array
-                ) -> PyTree:
-  """``model``'s parameters for one example shape, from a seed or a key.
-
-  Compiled once per (model, shape): eager ``model.init`` dispatches every
-  random and array op one by one (seconds per call on a small CPU), the
-  compiled one costs milliseconds after the first call.
-  """
-  key = jax.random.key(seed) if isinstance(seed, int) else seed
-  return _init(model, tuple(int(d) for d in example_shape), key)
+# Kept here too: every method module reaches for it beside build_model.
+init_params = models.init_params
 
 
 def build_model(config, num_classes: int, example_shape) -> nn.Module:

@@ -32,7 +32,7 @@ the same classes in both domains, they start from the source head instead
 All strategies of one budget see the same labelled examples, the same
 number of steps and batches of the same size; each strategy's step is
 compiled once and reused for every budget and seed
-(:class:`tljax.methods.finetune.LeanTrainer`). Outputs in ``workdir``:
+(:class:`tljax.train.lean.LeanTrainer`). Outputs in ``workdir``:
 ``results.json`` (``metrics.accuracy[strategy][budget]`` with ``mean``,
 ``std``, ``runs``; ``metrics.best_strategy[budget]``), ``table.md`` and
 ``accuracy_vs_labels.png``.
@@ -59,6 +59,7 @@ from tljax.methods import supervised
 from tljax.train import checkpoint
 from tljax.train import loop
 from tljax.train import state as state_lib
+from tljax.train import lean
 
 PyTree = Any
 
@@ -117,7 +118,7 @@ def _source_params(s, model, example_shape, workdir):
     loaded = checkpoint.load_params(s.init_from)
     # Checks names and shapes against the model, with one clear error.
     params = params_lib.merge_params(
-        loaded, finetune.compiled_init(model, example_shape)(
+        loaded, lean.compiled_init(model, example_shape)(
             jax.random.key(s.seed)))
     loop.say(f"source model loaded from {s.init_from}")
     return params, {}
@@ -140,7 +141,7 @@ class _Runner:
     self.cache_train, self.test_features, self.test = (cache_train,
                                                        test_features, test)
     self._trainers: dict[str, Any] = {}
-    self._init = finetune.compiled_init(model, test.example_shape)
+    self._init = lean.compiled_init(model, test.example_shape)
     self._ce = functools.partial(supervised.classification_loss, model=model)
 
   def _tx(self, params, lr_rules=None):
@@ -154,7 +155,7 @@ class _Runner:
       tx = self._tx(params, lr_rules)
       step = functools.partial(state_lib.train_step, loss_fn=loss_fn, tx=tx)
       # A head alone is dense and tiny: one lax.scan beats a Python loop.
-      self._trainers[name] = (tx, finetune.LeanTrainer(
+      self._trainers[name] = (tx, lean.LeanTrainer(
           step, scan=name == "linear_probe"))
     return self._trainers[name]
 
