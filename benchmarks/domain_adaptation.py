@@ -30,6 +30,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,8 +75,9 @@ def run_all(args):
         config.eval_every = config.num_steps
         config.log_every = config.num_steps
         wd = os.path.join(args.workdir, pair, method, f"seed{seed}")
-        if os.path.exists(os.path.join(wd, "results.json")):
-          os.remove(os.path.join(wd, "results.json"))
+        # A fresh workdir: the loop would otherwise resume a previous run's
+        # checkpoint instead of training.
+        shutil.rmtree(wd, ignore_errors=True)
         t0 = time.time()
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):

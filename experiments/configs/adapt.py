@@ -23,8 +23,9 @@ for DANN ``domain_accuracy`` plus ``domain_accuracy_history``) and the plot to
 Measured on this 2-core CPU (the command above, mnist1d clean -> noisy,
 default settings, seed 0; see docs/results_domain_adaptation.md for the
 3-seed tables): target_accuracy 0.491 (source_accuracy 0.944, DANN's
-domain classifier at 0.54 on the last batch) in 25 s; source-only on the
-same pair gives 0.306 with seed 0 (0.354 ± 0.035 over 3 seeds).
+domain classifier at 0.54 on the last batch) in 10 s (25 s while other
+jobs shared the CPU); source-only on the same pair gives 0.306 with seed 0
+(0.354 ± 0.035 over 3 seeds).
 """
 
 import ml_collections

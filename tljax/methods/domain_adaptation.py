@@ -45,6 +45,7 @@ import optax
 
 from tljax import data as data_lib
 from tljax import losses
+from tljax import models
 from tljax import ops
 from tljax import optim
 from tljax.losses import alignment
@@ -95,12 +96,12 @@ def classifier_params(params: PyTree) -> PyTree:
 def init_params(model: nn.Module, example_shape: Sequence[int], seed: int, *,
                 discriminator: nn.Module | None = None) -> PyTree:
   """``{'backbone', 'head'}`` of ``model`` (+ ``'disc'`` if given)."""
-  params = dict(supervised.init_params(model, example_shape, seed))
+  params = dict(models.init_params(model, example_shape, seed))
   if discriminator is not None:
-    x = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
-    h = model.apply({"params": params}, x, method="features")
-    params["disc"] = discriminator.init(jax.random.key(seed + 1),
-                                        h)["params"]
+    x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
+    h = jax.eval_shape(
+        lambda x: model.apply({"params": params}, x, method="features"), x)
+    params["disc"] = models.init_params(discriminator, h.shape[1:], seed + 1)
   return params
 
 
@@ -284,9 +285,8 @@ def plot_embeddings(path: str, panels: Sequence[tuple[str, np.ndarray,
   Returns:
     ``path``.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from tljax import viz  # pylint: disable=g-import-not-at-top
+  plt = viz.plt
   rng = np.random.default_rng(seed)
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5),
                            squeeze=False)
@@ -319,10 +319,7 @@ def plot_embeddings(path: str, panels: Sequence[tuple[str, np.ndarray,
     ax.set_ylabel("PC 2")
     ax.legend(loc="best", fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return viz.save(fig, path)
 
 
 # ------------------------------------------------------------ experiment
@@ -490,12 +487,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return ({**a, **b} for a, b in zip(it_s, it_t))
 
   eval_fn = lambda p: {"target_accuracy": accuracy(model, p, tgt_test)}  # noqa: E731
-  state, last = loop.fit(
-      state, step, batches_from, num_steps=config.num_steps,
-      rng=jax.random.key(config.seed), workdir=workdir, eval_fn=eval_fn,
-      eval_every=config.eval_every, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every,
-      parallel_mode=config.parallel)
+  state, last = loop.fit_with_config(state, step, batches_from, config,
+                                     workdir=workdir, eval_fn=eval_fn)
   p = state.params
   fs = features(model, p, _subsample(src_test, 2000, 0)[0])
   ft = features(model, p, _subsample(tgt_test, 2000, 0)[0])

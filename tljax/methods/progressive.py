@@ -222,15 +222,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   around the progressive training), ``table.md`` and ``accuracy.png``.
   """
   t0 = time.time()
-  strategies = list(config.strategies)
-  bad = [s for s in strategies if s not in STRATEGIES]
-  if bad or not strategies:
-    raise ValueError(f"strategies must be a non-empty list from "
-                     f"{STRATEGIES}; got {strategies}")
-  budgets = [int(b) for b in config.budgets]
-  if not budgets or min(budgets) < 1:
-    raise ValueError(f"budgets (labels per class) must be a non-empty list "
-                     f"of positive integers, got {budgets}")
+  strategies, budgets = lean.check_sweep(config.strategies, STRATEGIES,
+                                         config.budgets)
   if not config.sources:
     raise ValueError("progressive nets need at least one source domain "
                      "(config.sources).")

@@ -261,15 +261,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   ``self_taught.png``.
   """
   t0 = time.time()
-  strategies = list(config.strategies)
-  bad = [s for s in strategies if s not in STRATEGIES]
-  if bad or not strategies:
-    raise ValueError(f"strategies must be a non-empty list from "
-                     f"{STRATEGIES}; got {strategies}")
-  budgets = [int(b) for b in config.budgets]
-  if not budgets or min(budgets) < 1:
-    raise ValueError(f"budgets (labels per class) must be a non-empty list "
-                     f"of positive integers, got {budgets}")
+  strategies, budgets = lean.check_sweep(config.strategies, STRATEGIES,
+                                         config.budgets)
   if not config.unlabelled:
     raise ValueError("self-taught learning needs unlabelled data "
                      "(config.unlabelled, a list of data specs).")

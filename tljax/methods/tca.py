@@ -33,18 +33,18 @@ scales to any ``n`` (``X^T L X`` is the outer product of the mean difference).
 Its regularizer is ``mu ||A||^2`` rather than ``mu ||W||^2``, so it is not
 numerically the same embedding as ``kernel="linear"``.
 
-Memory and time (measured with ``nice python benchmarks/domain_adaptation.py
---tca_memory=1000,2000,4000`` and ``--tca_memory=8000``; rbf kernel, 20
-features, fit + transform, on this 2-core machine while other jobs shared it):
-the kernel forms hold about six ``n x n`` float32 matrices at the peak,
-measured as 26 bytes per ``n^2`` at n = 8,000 (1.6 GB above the process's
-baseline; 0.48 GB at n = 4,000); the time grows as ``n^3`` (``eigh``):
-4.9 s at n = 1,000, 10.6 s at 2,000, 36 s at 4,000, 299 s at 8,000. The
-largest n run here is 8,000. Memory alone (about 22 GB free) would allow
-n of about 27,000, but extrapolating the ``n^3`` time that fit would take
-hours on 2 cores, so time, not memory, is the limit. Subsample
-(``tca.max_examples`` in the experiment config) or use ``kernel="primal"``
-(``d x d`` matrices) for more points.
+Memory and time, measured with ``nice python benchmarks/domain_adaptation.py
+--tca_memory=1000,2000,4000,8000,12000,16000 --timeout=1200`` (rbf kernel,
+20 features, fit + transform, on this 2-core machine shared with other jobs;
+table in ``docs/results_domain_adaptation.md``): the kernel forms hold about
+six ``n x n`` float32 matrices at the peak, about 25 bytes per ``n^2``
+(1.6 GB above the process's baseline at n = 8,000, 3.4 GB at 12,000, 6.0 GB
+at 16,000); the time grows as ``n^3`` (``eigh``): 9 s at n = 4,000, 106 s
+at 8,000, 277 s at 12,000 and 366 s at 16,000, the largest n run here.
+With about 20 GB free, memory would allow n of about 28,000 (extrapolated,
+not run), where the ``n^3`` time would be over half an hour on 2 cores.
+Subsample (``tca.max_examples`` in the experiment config, 1,000 per domain
+by default) or use ``kernel="primal"`` (``d x d`` matrices) for more points.
 
   >>> import numpy as np
   >>> rng = np.random.default_rng(0)

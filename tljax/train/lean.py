@@ -131,3 +131,20 @@ class LeanTrainer:
       loop.check_finite([(start + i + 1, {k: v[i] for k, v in
                                            metrics.items()})])
     return state, {k: float(v[-1]) for k, v in metrics.items()}
+
+
+def check_sweep(strategies, allowed, budgets) -> tuple[list[str], list[int]]:
+  """Validates a sweep's strategy names and label budgets (labels/class).
+
+  Returns them as lists; raises one ValueError naming what is wrong.
+  """
+  strategies = list(strategies)
+  bad = [s for s in strategies if s not in allowed]
+  if bad or not strategies:
+    raise ValueError(f"strategies must be a non-empty list from "
+                     f"{tuple(allowed)}; got {strategies}")
+  budgets = [int(b) for b in budgets]
+  if not budgets or min(budgets) < 1:
+    raise ValueError(f"budgets (labels per class) must be a non-empty list "
+                     f"of positive integers, got {budgets}")
+  return strategies, budgets

@@ -144,8 +144,13 @@ def fit(state, step_fn: Callable, batches_from: Callable[[int], Iterator],
     if latest is not None:
       state = ckpt.restore(state, latest)
       start = int(latest)
-      say(f"[{name}] resumed from checkpoint at step {start} in "
-          f"{ckpt.directory}")
+      if start >= num_steps:
+        say(f"[{name}] {ckpt.directory} already holds a finished run (step "
+            f"{start} >= num_steps {num_steps}): nothing to train. Use a new "
+            "workdir (or delete this one) to train again.")
+      else:
+        say(f"[{name}] resumed from checkpoint at step {start} in "
+            f"{ckpt.directory}")
   writer = MetricWriter(workdir, f"metrics_{name}.jsonl" if name != "train"
                         else "metrics.jsonl")
   state = compiled.put_state(state)
