@@ -244,3 +244,11 @@ class LeanTrainerTest(parameterized.TestCase):
               num_steps=3, seed=0, rng=jax.random.key(0))
     with self.assertRaisesRegex(ValueError, "same length"):
       lean.stack_batches({"x": X, "y": Y[:3]}, 4, 2, seed=0)
+
+
+def test_lean_train_from_needs_the_optimizer():
+  trainer = lean.LeanTrainer(lambda s, b, r: (s, {}))
+  with pytest.raises(ValueError, match="needs the optimizer"):
+    trainer.train_from({"w": np.zeros(1)}, {"x": np.zeros((2, 1))},
+                       batch_size=1, num_steps=1, seed=0,
+                       rng=jax.random.key(0))

@@ -49,7 +49,6 @@ from tljax import losses
 from tljax import params as params_lib
 from tljax.methods import supervised
 from tljax.train import lean
-from tljax.train import state as state_lib
 
 PyTree = Any
 
@@ -272,12 +271,10 @@ def train_in_stages(params: PyTree, stages, *, make_step: Callable,
   for i, (steps, rules) in enumerate(stages):
     if i not in trainers:
       tx = make_tx(params, rules)
-      trainers[i] = (tx, lean.LeanTrainer(make_step(tx)))
-    tx, trainer = trainers[i]
-    state = state_lib.create_train_state(params, tx, extra=extra)
-    state = state.replace(step=state.step + done)
-    state, metrics = trainer(state, arrays, batch_size=batch_size,
-                             num_steps=steps, seed=seed, rng=rng)
+      trainers[i] = lean.LeanTrainer(make_step(tx), tx=tx)
+    state, metrics = trainers[i].train_from(
+        params, arrays, batch_size=batch_size, num_steps=steps, seed=seed,
+        rng=rng, extra=extra, start_step=done)
     params, done = state.params, done + steps
   return params, metrics
 

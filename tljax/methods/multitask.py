@@ -209,9 +209,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   for mode, per_task in runs.items():
     for task, r in per_task.items():
       if r:
-        metrics[f"{mode}/{task}_accuracy"] = {
-            "mean": float(np.mean(r)), "std": float(np.std(r)),
-            "runs": [float(a) for a in r]}
+        metrics[f"{mode}/{task}_accuracy"] = lean.summarize(r)
   gain = (metrics["joint/target_accuracy"]["mean"]
           - metrics["target_only/target_accuracy"]["mean"])
   metrics["joint_gain_on_target"] = gain

@@ -138,11 +138,6 @@ def single_column_from(model: ProgressiveNet, params: PyTree, column: int, *,
 
 
 # ------------------------------------------------------------- experiment
-def _summary(values) -> dict[str, Any]:
-  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-          "runs": [float(v) for v in values]}
-
-
 def plot_accuracies(path: str, results: dict, budgets: Sequence[int],
                     strategies: Sequence[str], title: str = "",
                     source_only: float | None = None):
@@ -262,12 +257,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       step = functools.partial(state_lib.train_step, tx=tx,
                                loss_fn=functools.partial(column_loss,
                                                          model=net))
-      trainers[name] = (tx, lean.LeanTrainer(step))
-    tx, trainer = trainers[name]
-    state = state_lib.create_train_state(params, tx)
-    state, _ = trainer(state, train.arrays(), batch_size=config.batch_size,
-                       num_steps=config.target_steps, seed=seed,
-                       rng=jax.random.key(seed))
+      trainers[name] = lean.LeanTrainer(step, tx=tx)
+    state, _ = trainers[name].train_from(
+        params, train.arrays(), batch_size=config.batch_size,
+        num_steps=config.target_steps, seed=seed, rng=jax.random.key(seed))
     return state.params
 
   results = {s: {} for s in strategies}
@@ -308,7 +301,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         loop.say(f"[{b} labels/class, seed {k}] {name}: target accuracy "
                  f"{acc:.4f}")
     for name in strategies:
-      results[name][str(b)] = _summary(runs[name])
+      results[name][str(b)] = lean.summarize(runs[name])
   lines = ["| strategy | " + " | ".join(f"{b} labels/class" for b in budgets)
            + " |", "|" + "---|" * (len(budgets) + 1)]
   for name in strategies:

@@ -193,11 +193,6 @@ def pca_features(train_x: np.ndarray, x: np.ndarray, n_components: int
 
 
 # ------------------------------------------------------------- experiment
-def _summary(values) -> dict[str, Any]:
-  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-          "runs": [float(v) for v in values]}
-
-
 def _load_unlabelled(config):
   xs = []
   for spec in config.unlabelled:
@@ -331,13 +326,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       t = optim.make_optimizer(params, name=config.optim.name,
                                learning_rate=lr,
                                grad_clip_norm=config.optim.grad_clip_norm)
-      trainers[name] = (t, lean.LeanTrainer(functools.partial(
-          state_lib.train_step, tx=t, loss_fn=loss_fn)))
-    t, trainer = trainers[name]
-    st = state_lib.create_train_state(params, t)
-    st, _ = trainer(st, arrays, batch_size=config.batch_size,
-                    num_steps=config.target_steps, seed=seed,
-                    rng=jax.random.key(seed))
+      trainers[name] = lean.LeanTrainer(functools.partial(
+          state_lib.train_step, tx=t, loss_fn=loss_fn), tx=t)
+    st, _ = trainers[name].train_from(
+        params, arrays, batch_size=config.batch_size,
+        num_steps=config.target_steps, seed=seed, rng=jax.random.key(seed))
     return st.params
 
   raw_clf = models.Classifier(models.MLP(features=()), num_classes=n_out)
@@ -380,7 +373,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         loop.say(f"[{b} labels/class, seed {k}] {name}: target accuracy "
                  f"{acc:.4f}")
     for name in strategies:
-      results[name][str(b)] = _summary(runs[name])
+      results[name][str(b)] = lean.summarize(runs[name])
 
   # 3. Clustering the target test set.
   # PCA fitted on the same unlabelled data, as many components as the code
@@ -394,7 +387,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                               seed=config.seed + k,
                               n_init=config.kmeans_restarts)
               for k in range(config.num_seeds)]
-    clustering[name] = {key: _summary([s[key] for s in scores])
+    clustering[name] = {key: lean.summarize([s[key] for s in scores])
                         for key in ("ari", "nmi")}
     loop.say(f"k-means on {name}: ARI {clustering[name]['ari']['mean']:.3f} "
              f"NMI {clustering[name]['nmi']['mean']:.3f}")

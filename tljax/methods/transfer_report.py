@@ -155,18 +155,17 @@ class _Runner:
       tx = self._tx(params, lr_rules)
       step = functools.partial(state_lib.train_step, loss_fn=loss_fn, tx=tx)
       # A head alone is dense and tiny: one lax.scan beats a Python loop.
-      self._trainers[name] = (tx, lean.LeanTrainer(
-          step, scan=name == "linear_probe"))
+      self._trainers[name] = lean.LeanTrainer(
+          step, scan=name == "linear_probe", tx=tx)
     return self._trainers[name]
 
   def _train(self, name, params, loss_fn, train, seed, *, lr_rules=None,
              extra=None, arrays=None):
-    tx, trainer = self._trainer(name, params, loss_fn, lr_rules)
-    state = state_lib.create_train_state(params, tx, extra=extra)
-    state, _ = trainer(state, arrays or train.arrays(),
-                       batch_size=self.s.batch_size,
-                       num_steps=self.s.num_steps, seed=seed,
-                       rng=jax.random.key(seed))
+    trainer = self._trainer(name, params, loss_fn, lr_rules)
+    state, _ = trainer.train_from(
+        params, arrays or train.arrays(), batch_size=self.s.batch_size,
+        num_steps=self.s.num_steps, seed=seed, rng=jax.random.key(seed),
+        extra=extra)
     return state.params
 
   def _accuracy(self, params):
@@ -285,11 +284,6 @@ def plot_accuracy_vs_labels(path: str, results: dict, budgets, strategies,
   fig.savefig(path, dpi=120)
 
 
-def _summaries(runs: list[float]) -> dict:
-  return {"mean": float(np.mean(runs)), "std": float(np.std(runs)),
-          "runs": [float(r) for r in runs]}
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the transfer report; see the module docstring.
 
@@ -362,7 +356,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       runs = [runner.run(name, ds, s.seed + i)
               for i, ds in enumerate(subsets)]
       timing[name] += time.time() - t
-      results[name][budget_name(b)] = r = _summaries(runs)
+      results[name][budget_name(b)] = r = lean.summarize(runs)
       loop.say(f"  labels/class {budget_name(b):>4}  {name:<14} "
                f"{100 * r['mean']:5.1f} ± {100 * r['std']:4.1f}  "
                f"({time.time() - t:.1f}s)")
@@ -371,7 +365,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if model_src.num_classes == target.num_classes:
     source_only = supervised.evaluate(model_src, source_params,
                                       test)["accuracy"]
-    results["source_only"] = {budget_name(b): _summaries([source_only])
+    results["source_only"] = {budget_name(b): lean.summarize([source_only])
                               for b in budgets}
     table_strategies.append("source_only")
   best, close = {}, {}

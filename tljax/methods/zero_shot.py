@@ -49,6 +49,7 @@ from tljax import losses
 from tljax import models
 from tljax import optim
 from tljax.methods import supervised
+from tljax.train import lean
 from tljax.train import loop
 from tljax.train import state as state_lib
 
@@ -433,11 +434,6 @@ def plot_runs(path: str, runs: dict[str, list[dict]], splits: list,
 
 
 # ------------------------------------------------------------- experiment
-def _summary(values) -> dict[str, Any]:
-  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
-          "runs": [float(v) for v in values]}
-
-
 def _splits(config, attrs, names) -> list[tuple[list[int], list[int]]]:
   """One (seen, unseen) split per run: the configured one, or random ones."""
   c = attrs.shape[0]
@@ -563,7 +559,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
           "gzsl_unseen_accuracy", "gzsl_seen_accuracy", "gzsl_harmonic_mean")
   for method in methods:
     for key in runs[method][0]:
-      metrics[f"{method}_{key}"] = _summary([r[key] for r in runs[method]])
+      metrics[f"{method}_{key}"] = lean.summarize([r[key] for r in runs[method]])
     lines.append(f"| {method} | " + " | ".join(
         f"{100 * metrics[f'{method}_{key}']['mean']:.1f} ± "
         f"{100 * metrics[f'{method}_{key}']['std']:.1f}" for key in keys)

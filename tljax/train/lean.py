@@ -19,6 +19,7 @@ import numpy as np
 from tljax import data as data_lib
 from tljax import models
 from tljax.train import loop
+from tljax.train.state import create_train_state
 
 PyTree = Any
 
@@ -80,9 +81,10 @@ class LeanTrainer:
   step raises :class:`tljax.train.loop.TrainingDiverged` naming it.
   """
 
-  def __init__(self, step: Callable, *, scan: bool = False):
+  def __init__(self, step: Callable, *, scan: bool = False, tx=None):
     self.num_compiles = 0
     self.scan = scan
+    self.tx = tx  # the step's optimizer, for train_from()
 
     def count():
       self.num_compiles += 1  # Python side effect: runs only when tracing.
@@ -108,6 +110,20 @@ class LeanTrainer:
     batches = stack_batches(arrays, batch_size, num_steps, seed=seed,
                             start_step=int(state.step))
     return self.run_stacked(state, batches, rng)
+
+  def train_from(self, params: PyTree, arrays: dict[str, np.ndarray], *,
+                 batch_size: int, num_steps: int, seed: int, rng: jax.Array,
+                 extra: PyTree | None = None, start_step: int = 0):
+    """A fresh train state on ``params`` (optimizer ``tx`` given at
+    construction), trained as by :meth:`__call__`; returns
+    ``(state, metrics)``."""
+    if self.tx is None:
+      raise ValueError("train_from needs the optimizer: build the trainer "
+                       "with LeanTrainer(step, tx=tx)")
+    state = create_train_state(params, self.tx, extra=extra)
+    state = state.replace(step=state.step + start_step)
+    return self(state, arrays, batch_size=batch_size, num_steps=num_steps,
+                seed=seed, rng=rng)
 
   def run_stacked(self, state, batches: dict[str, np.ndarray], rng: jax.Array):
     """Trains on pre-stacked batches (leading axis: steps)."""
@@ -148,3 +164,9 @@ def check_sweep(strategies, allowed, budgets) -> tuple[list[str], list[int]]:
     raise ValueError(f"budgets (labels per class) must be a non-empty list "
                      f"of positive integers, got {budgets}")
   return strategies, budgets
+
+
+def summarize(values) -> dict[str, Any]:
+  """``{"mean", "std", "runs"}`` of one cell of a sweep (over seeds)."""
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+          "runs": [float(v) for v in values]}
