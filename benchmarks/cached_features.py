@@ -32,8 +32,7 @@ from tljax import models  # noqa: E402
 from tljax import optim  # noqa: E402
 from tljax.methods import features  # noqa: E402
 from tljax.methods import supervised  # noqa: E402
-from tljax.train import state as state_lib  # noqa: E402
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib  # noqa: E402
 
 
 def main():
@@ -44,41 +43,37 @@ def main():
   args = ap.parse_args()
   ds = data.load(args.data)
   model = models.Classifier(models.CNN1D(), ds.num_classes)
-  params = supervised.init_params(model, ds.example_shape, 0)
+  params = models.init_params(model, ds.example_shape, 0)
   run = functools.partial(dict, batch_size=args.batch_size, seed=0,
                           rng=jax.random.key(0))
 
   rules = [("backbone/.*", None), (".*", 1.0)]
   tx = optim.make_optimizer(params, learning_rate=1e-3, lr_rules=rules)
-  through = lean.LeanTrainer(functools.partial(
-      state_lib.train_step, tx=tx, loss_fn=functools.partial(
-          supervised.classification_loss, model=model)))
+  through = trainer_lib.Trainer(supervised.make_step(model, tx), tx,
+                                parallel="single")
   head = features.head_params(params)
   htx = optim.make_optimizer(head, learning_rate=1e-3)
-  # A dense head: one lax.scan beats a Python loop (see LeanTrainer).
-  cached = lean.LeanTrainer(functools.partial(
-      state_lib.train_step, tx=htx, loss_fn=functools.partial(
-          features.head_loss, model=model)), scan=True)
+  # A dense head: one lax.scan beats a Python loop (see tljax.train.Trainer).
+  cached = trainer_lib.Trainer(features.make_step(model, htx), htx,
+                               parallel="single", scan=True)
 
   # Warm up (compile) both with the step count used below.
   feats0 = features.extract_features(model, params, ds.x)
-  through(state_lib.create_train_state(params, tx), ds.arrays(),
-          num_steps=args.steps, **run())
-  cached(state_lib.create_train_state(head, htx),
-         {"features": feats0, "y": ds.y}, num_steps=args.steps, **run())
+  through.train_from(params, ds.arrays(), num_steps=args.steps, **run())
+  cached.train_from(head, {"features": feats0, "y": ds.y},
+                    num_steps=args.steps, **run())
 
   t = time.perf_counter()
-  s1, _ = through(state_lib.create_train_state(params, tx), ds.arrays(),
-                  num_steps=args.steps, **run())
+  s1, _ = through.train_from(params, ds.arrays(), num_steps=args.steps,
+                             **run())
   jax.block_until_ready(s1)
   t_through = time.perf_counter() - t
 
   t = time.perf_counter()
   cache = features.FeatureCache.build(model, params, ds.x)
   t_extract = time.perf_counter() - t
-  s2, _ = cached(state_lib.create_train_state(head, htx),
-                 {"features": cache.features, "y": ds.y},
-                 num_steps=args.steps, **run())
+  s2, _ = cached.train_from(head, {"features": cache.features, "y": ds.y},
+                            num_steps=args.steps, **run())
   jax.block_until_ready(s2)
   t_cached = time.perf_counter() - t
 

@@ -2,7 +2,7 @@ r"""Domain adaptation accuracy: source-only, each method, target-supervised.
 
   nice python benchmarks/domain_adaptation.py [--seeds=0,1,2] \
       [--pairs=moons,mnist1d,digits] [--methods=...] [--steps=1000] \
-      [--out=docs/results_domain_adaptation.md] [--workdir=/tmp/tljax_da]
+      [--out=docs/results_domain_adaptation.md] [--workdir=DIR]
 
 Runs ``experiments/adapt.py``'s ``train_and_evaluate`` for every method on
 three pairs (the presets of ``experiments/configs/adapt.py``):
@@ -15,9 +15,11 @@ three pairs (the presets of ``experiments/configs/adapt.py``):
 trains on the labelled target training split (the ceiling). Every method is
 evaluated on the target test split. Data are fixed by their specs; the seed
 changes initialization, batch order and the TCA/KMM subsamples. Prints
-mean +- std tables and writes them, with the command, to ``--out``. The
-embedding plots of each method's seed-0 run go to
-``<workdir>/<pair>/<method>/embedding.png``.
+mean +- std tables and writes them, with the command, to ``--out``. Every
+run keeps its own workdir, ``<workdir>/<pair>/<method>/seed<k>`` (a new
+temporary directory unless ``--workdir`` names one; runs found finished
+there are not trained again), with the embedding plot of each method's
+first seed.
 
   nice python benchmarks/domain_adaptation.py --tca_memory=1000,2000,4000
 
@@ -26,13 +28,11 @@ target, 20 features, rbf kernel), each in a fresh process.
 """
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def _fmt(vals):
 
 def run_all(args):
   from configs import adapt as adapt_config  # pylint: disable=g-import-not-at-top
-  from tljax.methods import domain_adaptation as da  # pylint: disable=g-import-not-at-top
+  from tljax.drivers import adapt  # pylint: disable=g-import-not-at-top
   seeds = [int(s) for s in args.seeds.split(",")]
   pairs = args.pairs.split(",")
   methods = args.methods.split(",")
@@ -75,17 +75,8 @@ def run_all(args):
         config.eval_every = config.num_steps
         config.log_every = config.num_steps
         wd = os.path.join(args.workdir, pair, method, f"seed{seed}")
-        # A fresh workdir: the loop would otherwise resume a previous run's
-        # checkpoint instead of training.
-        shutil.rmtree(wd, ignore_errors=True)
         t0 = time.time()
-        quiet = io.StringIO()
-        with contextlib.redirect_stdout(quiet):
-          m = da.train_and_evaluate(config, wd)
-        if config.plot and os.path.exists(os.path.join(wd, "embedding.png")):
-          os.replace(os.path.join(wd, "embedding.png"),
-                     os.path.join(args.workdir, pair, method,
-                                  "embedding.png"))
+        m = adapt.train_and_evaluate(config, wd)
         results.setdefault((pair, method), []).append(m)
         print(f"{pair:8s} {method:18s} seed {seed}  target_accuracy "
               f"{m['target_accuracy']:.3f}  ({time.time() - t0:.1f}s)",
@@ -269,7 +260,9 @@ def main():
   ap.add_argument("--methods", default=",".join(METHODS))
   ap.add_argument("--steps", type=int, default=0,
                   help="train steps (0: the config's per-pair default)")
-  ap.add_argument("--workdir", default="/tmp/tljax_da")
+  ap.add_argument("--workdir", default="",
+                  help="where each run keeps its workdir (default: a new "
+                  "temporary directory)")
   ap.add_argument("--out", default=os.path.join(
       ROOT, "docs", "results_domain_adaptation.md"))
   ap.add_argument("--tca_memory", default="",
@@ -288,6 +281,7 @@ def main():
       write_section(args.out, "tca_memory", text)
       print(f"wrote {args.out}")
     return
+  args.workdir = args.workdir or tempfile.mkdtemp(prefix="tljax_da_")
   results, seeds, pairs, methods, total = run_all(args)
   text = tables(results, seeds, pairs, methods, total, command.strip())
   print(text)

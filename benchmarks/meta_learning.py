@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 from configs import meta as meta_config  # noqa: E402
 from configs import metric as metric_config  # noqa: E402
-from tljax.methods import fewshot  # noqa: E402
-from tljax.methods import metric_learning  # noqa: E402
+from tljax.drivers import meta  # noqa: E402
+from tljax.drivers import metric as metric_driver  # noqa: E402
 from tljax.train import checkpoint  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tljax_bench_meta",
@@ -134,8 +134,8 @@ def main(argv):
 
   def run(kind, name, overrides, tag):
     module = meta_config if kind == "meta" else metric_config
-    fn = (fewshot.train_and_evaluate if kind == "meta"
-          else metric_learning.train_and_evaluate)
+    fn = (meta.train_and_evaluate if kind == "meta"
+          else metric_driver.train_and_evaluate)
     config = _config(module, name, overrides)
     workdir = os.path.join(root, tag)
     t0 = time.time()
@@ -160,7 +160,7 @@ def main(argv):
   for shot in (1, 5):
     shot_over = {"k_shot": shot} if shot != 1 else {}
     cfg = _config(meta_config, "protonet", shot_over)
-    raw[shot] = fewshot.raw_nearest_centroid(cfg)
+    raw[shot] = meta.raw_nearest_centroid(cfg)
     for name, label, over in methods:
       tag = f"{name}{'_fo' if over else ''}_{shot}shot"
       few[(label, shot)] = run("meta", name, {**shot_over, **over}, tag)[0]
@@ -174,7 +174,7 @@ def main(argv):
   # shared rate 0.01 overshoots for it), from its saved parameters.
   params = checkpoint.load_params(os.path.join(root, "sinusoid_pretrained",
                                                "params"))
-  low = fewshot.sinusoid_evaluate(params, cfg, inner_lr=0.001)
+  low = meta.sinusoid_evaluate(params, cfg, inner_lr=0.001)
   low.update(seconds=0.0, steps=cfg.num_steps,
              test_episodes=cfg.test_episodes, cmd="(the run above, fine-tuned at inner_lr 0.001)")
   sine["pretrained jointly, fine-tuned at lr 0.001"] = low
@@ -214,7 +214,7 @@ def main(argv):
       "|---|---|---|---|---|---|",
       f"| nearest centroid on raw inputs (no learning) | "
       f"{_pm(*raw[1])} | {_pm(*raw[5])} | 0 | - | "
-      "`fewshot.raw_nearest_centroid(config)` |",
+      "`meta.raw_nearest_centroid(config)` |",
   ]
   for _, label, _ in methods:
     a, b = few[(label, 1)], few[(label, 5)]

@@ -17,7 +17,6 @@ matmul's achieved rate is printed beside it as a practical ceiling.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -68,10 +67,7 @@ def jax_side(kind: str, batch: int, steps: int):
   params = model.init(jax.random.key(0), x[:1])["params"]
   tx = optax.adam(1e-3)
   state = state_lib.create_train_state(params, tx)
-  step = jax.jit(functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(supervised.classification_loss, model=model)),
-      donate_argnums=(0,))
+  step = jax.jit(supervised.make_step(model, tx), donate_argnums=(0,))
   b = {"x": jnp.asarray(x), "y": jnp.asarray(y)}
   key = jax.random.key(0)
   flops = step.lower(state, b, key).compile().cost_analysis()

@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tljax.methods import domain_adaptation  # noqa: E402
-from tljax.train import cli  # noqa: E402
+from tljax.drivers import adapt  # noqa: E402
+from tljax.drivers import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main(domain_adaptation.train_and_evaluate, __file__)
+  cli.main(adapt.train_and_evaluate, __file__)

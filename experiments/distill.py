@@ -1,7 +1,7 @@
 r"""Knowledge distillation from a teacher to a student; see the config.
 
   python experiments/distill.py --workdir=/tmp/tljax/distill \
-      [--config.data=mnist1d:noisy] [--config.quick=True]
+      [--config.data=mnist1d:noisy] [--config=experiments/configs/distill.py:quick]
 """
 
 import os
@@ -9,8 +9,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tljax.methods import distillation  # noqa: E402
-from tljax.train import cli  # noqa: E402
+from tljax.drivers import distill  # noqa: E402
+from tljax.drivers import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main(distillation.train_and_evaluate, __file__, default_workdir="/tmp/tljax/distill")
+  cli.main(distill.train_and_evaluate, __file__, default_workdir="/tmp/tljax/distill")

@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tljax.methods import fewshot  # noqa: E402
-from tljax.train import cli  # noqa: E402
+from tljax.drivers import meta  # noqa: E402
+from tljax.drivers import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main(fewshot.train_and_evaluate, __file__)
+  cli.main(meta.train_and_evaluate, __file__)

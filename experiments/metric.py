@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tljax.methods import metric_learning  # noqa: E402
-from tljax.train import cli  # noqa: E402
+from tljax.drivers import metric  # noqa: E402
+from tljax.drivers import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main(metric_learning.train_and_evaluate, __file__)
+  cli.main(metric.train_and_evaluate, __file__)

@@ -9,8 +9,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tljax.methods import supervised  # noqa: E402
-from tljax.train import cli  # noqa: E402
+from tljax.drivers import train  # noqa: E402
+from tljax.drivers import cli  # noqa: E402
 
 if __name__ == "__main__":
-  cli.main(supervised.train_and_evaluate, __file__)
+  cli.main(train.train_and_evaluate, __file__)

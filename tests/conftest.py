@@ -10,7 +10,3 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")

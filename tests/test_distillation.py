@@ -15,9 +15,10 @@ import pytest
 
 from tljax import models
 from tljax import optim
+from tljax.drivers import distill
 from tljax.methods import distillation
 from tljax.train import state as state_lib
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -94,23 +95,19 @@ def test_student_learns_the_teacher_without_labels():
   rule = (x @ w).argmax(-1)
   sp = STUDENT.init(jax.random.key(3), x[:1])["params"]
   tx = optim.make_optimizer(sp, learning_rate=0.02)
-  step = functools.partial(
-      state_lib.train_step, tx=tx, loss_fn=functools.partial(
-          distillation.distillation_loss, student=STUDENT, teacher=teacher,
-          temperature=2.0, alpha=1.0))
-  state = state_lib.create_train_state(sp, tx, extra={"teacher_params": tp})
-  state, metrics = lean.LeanTrainer(step, scan=True)(
-      state, {"x": x}, batch_size=64, num_steps=300, seed=0,
-      rng=jax.random.key(0))
+  step = distillation.make_step(STUDENT, tx, teacher=teacher,
+                                temperature=2.0, alpha=1.0)
+  state, metrics = trainer_lib.Trainer(step, tx, scan=True).train_from(
+      sp, {"x": x}, batch_size=64, num_steps=300, seed=0,
+      rng=jax.random.key(0), extra={"teacher_params": tp})
   pred = STUDENT.apply({"params": state.params}, x).argmax(-1)
   assert np.mean(pred == rule) > 0.9, np.mean(pred == rule)
   assert metrics["kl"] < 0.2
 
 
 def test_quick_experiment_writes_results(tmp_path):
-  config = distill_config.get_config()
-  config.quick = True
-  m = distillation.train_and_evaluate(config, str(tmp_path))
+  config = distill_config.get_config("quick")
+  m = distill.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     saved = json.load(f)["metrics"]
   for k in ("teacher_accuracy", "student_accuracy", "distilled_accuracy"):

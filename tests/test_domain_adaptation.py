@@ -19,7 +19,7 @@ from tljax.train import parallel
 from tljax.train import state as state_lib
 
 MODEL = models.Classifier(backbone=models.MLP(features=(8,)), num_classes=2)
-DISC = da.DomainDiscriminator(features=(8,))
+DISC = da.discriminator(features=(8,))
 
 
 def _batch(seed=0, n=8, d=2):
@@ -31,9 +31,10 @@ def _batch(seed=0, n=8, d=2):
 
 
 def _params(alignment_name="dann"):
-  return da.init_params(MODEL, (2,), 0,
-                        discriminator=DISC if alignment_name == "dann"
-                        else None)
+  params = models.init_params(MODEL, (2,), 0)
+  if alignment_name == "dann":
+    params = da.add_discriminator(params, MODEL, DISC, (2,), 1)
+  return params
 
 
 def _state(params, step=0):
@@ -74,7 +75,7 @@ def test_dann_gradients_equal_class_grad_minus_lam_domain_grad():
     h = MODEL.apply({"params": da.classifier_params(p)},
                     jnp.concatenate([batch["x"], batch["x_target"]]),
                     method="features")
-    d = DISC.apply({"params": p["disc"]}, h)
+    d = DISC.apply({"params": p["disc"]}, h)[:, 0]
     return 0.5 * (optax.sigmoid_binary_cross_entropy(d[:8], 0.0).mean()
                   + optax.sigmoid_binary_cross_entropy(d[8:], 1.0).mean())
 
@@ -99,7 +100,7 @@ def test_dann_gradients_equal_class_grad_minus_lam_domain_grad():
   h = MODEL.apply({"params": da.classifier_params(params)},
                   jnp.concatenate([batch["x"], batch["x_target"]]),
                   method="features")
-  d = np.asarray(DISC.apply({"params": params["disc"]}, h), np.float64)
+  d = np.asarray(DISC.apply({"params": params["disc"]}, h)[:, 0], np.float64)
   ref = 0.5 * (np.mean([_np_bce(v, 0) for v in d[:8]])
                + np.mean([_np_bce(v, 1) for v in d[8:]]))
   np.testing.assert_allclose(metrics["align_loss"], ref, rtol=1e-5)

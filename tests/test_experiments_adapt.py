@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tljax.methods import domain_adaptation as da
+from tljax.drivers import adapt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -33,7 +33,7 @@ def _results(workdir):
 def test_dann_quick_on_a_device_mesh_writes_results_history_and_plot(
     tmp_path):
   wd = str(tmp_path / "dann")
-  m = da.train_and_evaluate(_quick("dann", plot=True, parallel="auto"), wd)
+  m = adapt.train_and_evaluate(_quick("dann", plot=True, parallel="auto"), wd)
   res = _results(wd)
   assert res["metrics"]["target_accuracy"] == m["target_accuracy"]
   assert 0.0 <= m["target_accuracy"] <= 1.0
@@ -49,7 +49,7 @@ def test_dann_quick_on_a_device_mesh_writes_results_history_and_plot(
                                     "coral", "kmm", "tca"])
 def test_each_method_quick(tmp_path, method):
   wd = str(tmp_path / method)
-  m = da.train_and_evaluate(_quick(method), wd)
+  m = adapt.train_and_evaluate(_quick(method), wd)
   got = _results(wd)["metrics"]
   assert 0.0 <= got["target_accuracy"] <= 1.0
   assert got["target_accuracy"] == m["target_accuracy"]
@@ -74,28 +74,28 @@ def test_users_own_npz_files_and_bad_inputs(tmp_path):
   ys = (xs[:, 0] > 0).astype(np.int64)
   src = _write(tmp_path / "src.npz", xs, ys)
   tgt = _write(tmp_path / "tgt.npz", xs + 1.0, ys)
-  m = da.train_and_evaluate(_quick("coral", source=src, target=tgt,
+  m = adapt.train_and_evaluate(_quick("coral", source=src, target=tgt,
                                    batch_size=8), str(tmp_path / "ok"))
   assert 0.0 <= m["target_accuracy"] <= 1.0
   # feature dimensions differ between the domains
   other = _write(tmp_path / "dim.npz", rng.normal(size=(60, 3)), ys)
   with pytest.raises(ValueError, match="share one input shape"):
-    da.train_and_evaluate(_quick("dann", source=src, target=other),
+    adapt.train_and_evaluate(_quick("dann", source=src, target=other),
                           str(tmp_path / "dim"))
   # an empty target
   empty = _write(tmp_path / "empty.npz", np.zeros((0, 4), np.float32))
   with pytest.raises(ValueError, match="empty"):
-    da.train_and_evaluate(_quick("dann", source=src, target=empty),
+    adapt.train_and_evaluate(_quick("dann", source=src, target=empty),
                           str(tmp_path / "empty"))
   # NaN in the target's features
   bad = xs.copy()
   bad[3, 1] = np.nan
   nan = _write(tmp_path / "nan.npz", bad, ys)
   with pytest.raises(ValueError, match="NaN"):
-    da.train_and_evaluate(_quick("tca", source=src, target=nan),
+    adapt.train_and_evaluate(_quick("tca", source=src, target=nan),
                           str(tmp_path / "nan"))
   with pytest.raises(ValueError, match="unknown method"):
-    da.train_and_evaluate(_quick("adda", source=src, target=tgt),
+    adapt.train_and_evaluate(_quick("adda", source=src, target=tgt),
                           str(tmp_path / "m"))
 
 

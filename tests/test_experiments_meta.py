@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from tljax.methods import fewshot
-from tljax.methods import metric_learning
-from tljax.methods import supervised
+from tljax import models
+from tljax.drivers import meta
+from tljax.drivers import metric
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -31,7 +31,7 @@ def test_meta_classification_quick(tmp_path, name):
   config = meta_config.get_config(f"{name},quick")
   if name == "protonet":
     config.parallel = "mesh"  # tasks of a meta-batch sharded over 4 devices
-  m = fewshot.train_and_evaluate(config, str(tmp_path))
+  m = meta.train_and_evaluate(config, str(tmp_path))
   r = _results(str(tmp_path))
   assert r["metrics"]["test_accuracy"] == m["test_accuracy"]
   assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_ci95"] >= 0.0
@@ -42,7 +42,7 @@ def test_meta_classification_quick(tmp_path, name):
 @pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_pretrained"])
 def test_meta_sinusoid_quick(tmp_path, name):
   config = meta_config.get_config(f"{name},quick")
-  m = fewshot.train_and_evaluate(config, str(tmp_path))
+  m = meta.train_and_evaluate(config, str(tmp_path))
   for k in config.eval_inner_steps:
     assert np.isfinite(m[f"mse_after_{k}"]) and m[f"mse_after_{k}"] > 0
     assert m[f"diverged_after_{k}"] == 0
@@ -50,9 +50,8 @@ def test_meta_sinusoid_quick(tmp_path, name):
   if name == "sinusoid_maml":
     # A huge fine-tuning rate makes plain SGD blow up on every task; those
     # tasks are counted, not averaged in.
-    model = fewshot._sinusoid_model(config)  # pylint: disable=protected-access
-    params = supervised.init_params(model, (1,), 0)
-    bad = fewshot.sinusoid_evaluate(params, config, inner_lr=1e6)
+    params = models.init_params(meta.sinusoid_model(config), (1,), 0)
+    bad = meta.sinusoid_evaluate(params, config, inner_lr=1e6)
     assert bad["diverged_after_0"] == 0 and np.isfinite(bad["mse_after_0"])
     assert bad["diverged_after_2"] == config.test_episodes
 
@@ -60,7 +59,7 @@ def test_meta_sinusoid_quick(tmp_path, name):
 @pytest.mark.parametrize("loss", ["triplet", "contrastive"])
 def test_metric_quick(tmp_path, loss):
   config = metric_config.get_config(f"{loss},quick")
-  m = metric_learning.train_and_evaluate(config, str(tmp_path))
+  m = metric.train_and_evaluate(config, str(tmp_path))
   r = _results(str(tmp_path))["metrics"]
   for k in ("recall@1", "recall@5", "auc", "raw_recall@1", "raw_auc"):
     assert 0.0 <= r[k] <= 1.0 and r[k] == m[k]
@@ -70,8 +69,8 @@ def test_bad_configs_raise_clear_errors(tmp_path):
   config = meta_config.get_config("protonet,quick")
   config.method = "siamese"
   with pytest.raises(ValueError, match="choose one of"):
-    fewshot.train_and_evaluate(config, str(tmp_path))
+    meta.train_and_evaluate(config, str(tmp_path))
   config = metric_config.get_config("triplet,quick")
   config.test_classes = (4, 5, 6)
   with pytest.raises(ValueError, match="overlap"):
-    metric_learning.train_and_evaluate(config, str(tmp_path))
+    metric.train_and_evaluate(config, str(tmp_path))

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tljax.methods import progressive
-from tljax.methods import self_taught
-from tljax.methods import zero_shot
+from tljax.drivers import progressive
+from tljax.drivers import self_taught
+from tljax.drivers import zero_shot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -62,7 +62,7 @@ def test_progressive_quick(tmp_path):
   assert os.path.exists(tmp_path / "accuracy.png")
   with config.unlocked():
     config.strategies = ("progressive", "distillation")
-  with pytest.raises(ValueError, match="strategies must be"):
+  with pytest.raises(ValueError, match="unknown strategies"):
     progressive.train_and_evaluate(config, str(tmp_path / "bad"))
 
 

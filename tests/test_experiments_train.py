@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tljax.methods import supervised
+from tljax.drivers import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -33,17 +33,17 @@ def _results(workdir):
 
 def test_source_then_target_transfer(tmp_path):
   src, tgt = str(tmp_path / "src"), str(tmp_path / "tgt")
-  m = supervised.train_and_evaluate(_quick(), src)
+  m = train.train_and_evaluate(_quick(), src)
   assert {"source_accuracy", "target_accuracy"} <= set(m)
   assert _results(src)["metrics"]["source_accuracy"] == m["source_accuracy"]
   assert os.path.isdir(os.path.join(src, "params"))
   assert os.path.getsize(os.path.join(src, "training_curves.png")) > 1000
-  m2 = supervised.train_and_evaluate(
+  m2 = train.train_and_evaluate(
       _quick(train_on="target", init_from=src, labels_per_class=2), tgt)
   assert m2["train_examples"] == 20
   # Wrong dont_load: the error names the pattern.
   with pytest.raises(ValueError, match="match no target parameter"):
-    supervised.train_and_evaluate(
+    train.train_and_evaluate(
         _quick(train_on="target", init_from=src, dont_load=("heads/.*",)),
         str(tmp_path / "bad"))
 
@@ -57,9 +57,9 @@ def test_users_own_npz_files(tmp_path):
   np.savez(tmp_path / "tgt.npz", x=xt, y=ys)
   config = _quick(source=f"npz:{tmp_path}/src.npz",
                   target=f"npz:{tmp_path}/tgt.npz", batch_size=8)
-  m = supervised.train_and_evaluate(config, str(tmp_path / "run"))
+  m = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= m["target_accuracy"] <= 1.0
-  m = supervised.train_and_evaluate(
+  m = train.train_and_evaluate(
       _quick(source=config.source, target=config.target, batch_size=8,
              train_on="target", init_from=str(tmp_path / "run")),
       str(tmp_path / "run2"))

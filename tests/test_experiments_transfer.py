@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tljax.methods import transfer_report
+from tljax.drivers import transfer_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -16,8 +16,7 @@ from configs import transfer_report as report_config  # noqa: E402
 
 
 def _quick(**overrides):
-  config = report_config.get_config()
-  config.quick = True
+  config = report_config.get_config("quick")
   config.update(overrides)
   return config
 
@@ -31,7 +30,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     results = json.load(f)
   m = results["metrics"]
   assert m == json.loads(json.dumps(metrics))
-  assert results["config"]["quick"] is True
+  assert results["config"]["num_seeds"] == 2
   strategies = list(transfer_report.DEFAULT_STRATEGIES) + ["source_only"]
   assert sorted(m["accuracy"]) == sorted(strategies)
   for budget in ("1", "all"):
@@ -59,7 +58,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
              head_from_source=True),
       str(tmp_path / "again"))
   assert set(again["accuracy"]) == {"linear_probe", "source_only"}
-  assert "pretraining" not in capsys.readouterr().out
+  assert "training the source model" not in capsys.readouterr().out
 
 
 def test_bad_configs_fail_before_training(tmp_path):

@@ -3,7 +3,6 @@ training through the frozen backbone."""
 
 from __future__ import annotations
 
-import functools
 import os
 
 import chex
@@ -13,12 +12,13 @@ import numpy as np
 import pytest
 
 from tljax import data as data_lib
+from tljax import evaluation
 from tljax import models
 from tljax import optim
+from tljax.drivers import common
 from tljax.methods import features
 from tljax.methods import supervised
-from tljax.train import state as state_lib
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib
 
 MODEL = models.Classifier(models.MLP((16, 12)), num_classes=3)
 X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
@@ -46,8 +46,8 @@ def test_features_match_a_numpy_forward_pass():
 
 
 def test_disk_cache_is_reused_and_keyed_by_params(tmp_path, monkeypatch):
-  first = features.FeatureCache.build(MODEL, PARAMS, X, workdir=str(tmp_path),
-                                      name="target")
+  first = common.feature_cache(MODEL, PARAMS, X, workdir=str(tmp_path),
+                               name="target")
   files = os.listdir(tmp_path / "features")
   assert len(files) == 1 and files[0].startswith("target-")
 
@@ -55,13 +55,13 @@ def test_disk_cache_is_reused_and_keyed_by_params(tmp_path, monkeypatch):
     raise AssertionError("the backbone ran again")
 
   monkeypatch.setattr(features, "extract_features", fail)
-  again = features.FeatureCache.build(MODEL, PARAMS, X, workdir=str(tmp_path),
-                                      name="target")
+  again = common.feature_cache(MODEL, PARAMS, X, workdir=str(tmp_path),
+                               name="target")
   np.testing.assert_array_equal(again.features, first.features)
   monkeypatch.undo()
   other = jax.tree.map(lambda p: p + 1.0, PARAMS)
-  features.FeatureCache.build(MODEL, other, X, workdir=str(tmp_path),
-                              name="target")
+  common.feature_cache(MODEL, other, X, workdir=str(tmp_path),
+                       name="target")
   assert len(os.listdir(tmp_path / "features")) == 2
 
 
@@ -80,29 +80,24 @@ def test_head_on_cache_equals_head_through_frozen_backbone():
   # Through the frozen backbone.
   rules = [("backbone/.*", None), (".*", 1.0)]
   tx = optim.make_optimizer(PARAMS, learning_rate=0.05, lr_rules=rules)
-  step = functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(supervised.classification_loss, model=MODEL))
-  full, _ = lean.LeanTrainer(step)(
-      state_lib.create_train_state(PARAMS, tx), {"x": X, "y": Y},
-      batch_size=bs, num_steps=steps, seed=seed, rng=rng)
+  full, _ = trainer_lib.Trainer(supervised.make_step(MODEL, tx), tx,
+                                parallel="single").train_from(
+      PARAMS, {"x": X, "y": Y}, batch_size=bs, num_steps=steps, seed=seed,
+      rng=rng)
   # On the cache.
   cache = features.FeatureCache.build(MODEL, PARAMS, X)
   head = features.head_params(PARAMS)
   htx = optim.make_optimizer(head, learning_rate=0.05)
-  hstep = functools.partial(
-      state_lib.train_step, tx=htx,
-      loss_fn=functools.partial(features.head_loss, model=MODEL))
-  probe, _ = lean.LeanTrainer(hstep)(
-      state_lib.create_train_state(head, htx),
-      {"features": cache.features, "y": Y}, batch_size=bs, num_steps=steps,
-      seed=seed, rng=rng)
+  probe, _ = trainer_lib.Trainer(features.make_step(MODEL, htx), htx,
+                                 parallel="single").train_from(
+      head, {"features": cache.features, "y": Y}, batch_size=bs,
+      num_steps=steps, seed=seed, rng=rng)
   chex.assert_trees_all_equal(full.params["backbone"], PARAMS["backbone"])
   assert not np.allclose(full.params["head"]["kernel"],
                          PARAMS["head"]["kernel"])
   chex.assert_trees_all_close(probe.params["head"], full.params["head"],
                               rtol=1e-5, atol=1e-6)
-  through = supervised.evaluate(
+  through = evaluation.evaluate(
       MODEL, full.params, data_lib.Dataset(X, Y, 3, "x"))
   assert features.head_accuracy(MODEL, probe.params, cache.features, Y) == \
       through["accuracy"]

@@ -1,4 +1,4 @@
-"""Layer transfer, freezing, stages, L2-SP/LwF losses and the scan trainer."""
+"""Layer transfer, freezing, stages, L2-SP/LwF losses."""
 
 from __future__ import annotations
 
@@ -11,16 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tljax import data as data_lib
 from tljax import losses
 from tljax import models
 from tljax import optim
 from tljax import params as params_lib
 from tljax.methods import finetune
 from tljax.methods import supervised
-from tljax.train import loop
 from tljax.train import state as state_lib
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib
 
 MODEL = models.Classifier(models.MLP((8, 8, 8)), num_classes=3)
 X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
@@ -34,10 +32,6 @@ def _init(seed):
 
 def _flat(tree):
   return dict(zip(params_lib.leaf_names(tree), jax.tree.leaves(tree)))
-
-
-def _step(loss_fn, tx):
-  return functools.partial(state_lib.train_step, loss_fn=loss_fn, tx=tx)
 
 
 CE = functools.partial(supervised.classification_loss, model=MODEL)
@@ -92,10 +86,9 @@ class LayerTransferTest(parameterized.TestCase):
     params = finetune.transfer_layers(source, fresh, keep)
     tx = optim.make_optimizer(params, learning_rate=0.05,
                               lr_rules=finetune.freeze_rules(keep))
-    trainer = lean.LeanTrainer(_step(CE, tx))
-    state, _ = trainer(state_lib.create_train_state(params, tx), ARRAYS,
-                       batch_size=8, num_steps=30, seed=0,
-                       rng=jax.random.key(0))
+    trainer = trainer_lib.Trainer(finetune.make_step(MODEL, tx), tx)
+    state, _ = trainer.train_from(params, ARRAYS, batch_size=8, num_steps=30,
+                                  seed=0, rng=jax.random.key(0))
     before, after = _flat(params), _flat(state.params)
     frozen = jax.tree.leaves(optim.frozen_mask(params,
                                                finetune.freeze_rules(keep)))
@@ -138,7 +131,7 @@ class RatesAndStagesTest(parameterized.TestCase):
     stages = finetune.gradual_unfreezing_stages(3, 40)[:num_stages]
     out, metrics = finetune.train_in_stages(
         params, stages,
-        make_step=lambda tx: _step(CE, tx),
+        make_step=lambda tx: finetune.make_step(MODEL, tx),
         make_tx=lambda p, r: optim.make_optimizer(p, learning_rate=0.05,
                                                   lr_rules=r),
         arrays=ARRAYS, batch_size=8, seed=0, rng=jax.random.key(0))
@@ -208,47 +201,19 @@ class ConservativeLossTest(parameterized.TestCase):
       finetune.lwf_params(params, source)
 
 
-class LeanTrainerTest(parameterized.TestCase):
-
-  @parameterized.named_parameters(("loop", False), ("scan", True))
-  def test_matches_a_python_loop_and_compiles_once(self, scan):
-    params = _init(0)
-    tx = optim.make_optimizer(params, learning_rate=0.01)
-    step = _step(CE, tx)
-    trainer = lean.LeanTrainer(step, scan=scan)
-    state0 = state_lib.create_train_state(params, tx)
-    got, metrics = trainer(state0, ARRAYS, batch_size=8, num_steps=12,
-                           seed=3, rng=jax.random.key(0))
-    ref = state_lib.create_train_state(params, tx)
-    jstep = jax.jit(step)
-    it = data_lib.batches(ARRAYS, 8, seed=3)
-    for _ in range(12):
-      ref, ref_m = jstep(ref, next(it), jax.random.key(0))
-    chex.assert_trees_all_close(got.params, ref.params, rtol=1e-5,
-                                atol=1e-6)
-    np.testing.assert_allclose(metrics["loss"], ref_m["loss"], rtol=1e-5)
-    # Another seed, another data set of the same shapes: no recompilation.
-    trainer(state_lib.create_train_state(_init(1), tx),
-            {"x": X[::-1].copy(), "y": Y}, batch_size=8, num_steps=12,
-            seed=4, rng=jax.random.key(1))
-    self.assertEqual(trainer.num_compiles, 1)
-
-  @parameterized.named_parameters(("loop", False), ("scan", True))
-  def test_nan_raises_with_the_step(self, scan):
-    params = _init(0)
-    tx = optim.make_optimizer(params)
-    trainer = lean.LeanTrainer(_step(CE, tx), scan=scan)
-    bad = dict(ARRAYS, x=np.where(np.arange(40)[:, None] == 5, np.nan, X))
-    with self.assertRaisesRegex(loop.TrainingDiverged, "diverged at step"):
-      trainer(state_lib.create_train_state(params, tx), bad, batch_size=40,
-              num_steps=3, seed=0, rng=jax.random.key(0))
-    with self.assertRaisesRegex(ValueError, "same length"):
-      lean.stack_batches({"x": X, "y": Y[:3]}, 4, 2, seed=0)
-
-
-def test_lean_train_from_needs_the_optimizer():
-  trainer = lean.LeanTrainer(lambda s, b, r: (s, {}))
-  with pytest.raises(ValueError, match="needs the optimizer"):
-    trainer.train_from({"w": np.zeros(1)}, {"x": np.zeros((2, 1))},
-                       batch_size=1, num_steps=1, seed=0,
-                       rng=jax.random.key(0))
+def test_make_step_binds_each_loss():
+  params = _init(0)
+  tx = optim.make_optimizer(params)
+  state = state_lib.create_train_state(params, tx,
+                                       extra={"source_params": params})
+  batch = {"x": X[:8], "y": Y[:8]}
+  _, m = finetune.make_step(MODEL, tx)(state, batch, jax.random.key(0))
+  assert "accuracy" in m
+  mask = losses.l2_sp_shared_mask(params)
+  _, m = finetune.make_step(MODEL, tx, loss="l2_sp", shared_mask=mask)(
+      state, batch, jax.random.key(0))
+  np.testing.assert_allclose(m["l2_sp"], 0.5 * 0.01 * sum(
+      float(np.sum(np.square(v))) for v in jax.tree.leaves(params["head"])),
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match="unknown fine-tuning loss"):
+    finetune.make_step(MODEL, tx, loss="lora")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +83,8 @@ def test_loss_by_hand():
                         np.float64)
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ces.append(-logp[np.arange(len(e["query_y"])), e["query_y"]].mean())
-  loss, metrics = hypernet.loss_fn(params, None, batch, None, model=model)
+  loss, metrics = hypernet.hypernet_loss(params, None, batch, None,
+                                         model=model)
   np.testing.assert_allclose(loss, np.mean(ces), rtol=1e-5)
   np.testing.assert_allclose(metrics["scale"], 10.0)
 
@@ -98,13 +98,11 @@ def test_episodic_training_improves_held_out_accuracy():
   ep = train.episode(0)
   params = model.init(jax.random.key(0), ep["support_x"], ep["support_y"],
                       ep["query_x"])["params"]
-  acc = jax.jit(lambda p, b: hypernet.episode_accuracies(model, p, b))
+  acc = jax.jit(lambda p, b: hypernet.episode_accuracies(p, b, model=model))
   test_batch = test.batch(0, 100)
   before = float(acc(params, test_batch).mean())
   tx = optax.adam(1e-3)
-  step = jax.jit(functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(hypernet.loss_fn, model=model)))
+  step = jax.jit(hypernet.make_step(model, tx))
   state = state_lib.create_train_state(params, tx)
   for i in range(100):
     state, _ = step(state, train.batch(i, 4), jax.random.key(0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -78,7 +77,7 @@ def test_second_and_first_order_meta_gradients_by_hand():
            "query_x": xq[None], "query_y": yq[None]}
   grads = {}
   for fo in (False, True):
-    grads[fo] = jax.grad(lambda p: maml.loss_fn(  # noqa: B023
+    grads[fo] = jax.grad(lambda p: maml.maml_loss(  # noqa: B023
         p, None, batch, None, model=model, kind="regression",
         inner_lr=alpha, inner_steps=1, first_order=fo)[0])(params)["w"]
   np.testing.assert_allclose(grads[False], want_second, rtol=1e-5)
@@ -100,7 +99,7 @@ def test_first_and_second_order_agree_without_inner_steps():
   batch = {"support_x": np.ones((2, 3, 1)), "support_y": np.ones((2, 3, 1)),
            "query_x": np.full((2, 3, 1), 2.0),
            "query_y": np.zeros((2, 3, 1))}
-  g = [jax.grad(lambda p: maml.loss_fn(  # noqa: B023
+  g = [jax.grad(lambda p: maml.maml_loss(  # noqa: B023
       p, None, batch, None, model=model, kind="regression", inner_lr=0.1,
       inner_steps=0, first_order=fo)[0])({"w": jnp.asarray(0.7)})["w"]
        for fo in (False, True)]
@@ -128,7 +127,7 @@ def test_classification_meta_batch_equals_per_task_loop():
            "support_y": rng.integers(0, 3, (3, 6)).astype(np.int32),
            "query_x": rng.normal(size=(3, 5, 4)).astype(np.float32),
            "query_y": rng.integers(0, 3, (3, 5)).astype(np.int32)}
-  loss, metrics = maml.loss_fn(params, None, batch, None, model=model,
+  loss, metrics = maml.maml_loss(params, None, batch, None, model=model,
                                kind="classification", inner_lr=0.3,
                                inner_steps=2)
   @jax.jit
@@ -168,10 +167,8 @@ def test_adaptation_curve_and_sinusoid_meta_training_helps():
       c0[0, 2], np.mean((model.apply({"params": p2}, one["query_x"][0])
                          - one["query_y"][0]) ** 2), rtol=1e-4)
   tx = optax.adam(1e-3)
-  step = jax.jit(functools.partial(
-      state_lib.train_step, tx=tx, loss_fn=functools.partial(
-          maml.loss_fn, model=model, kind="regression", inner_lr=0.01,
-          inner_steps=1)))
+  step = jax.jit(maml.make_step(model, tx, kind="regression", inner_lr=0.01,
+                                inner_steps=1))
   state = state_lib.create_train_state(params, tx)
   for i in range(150):
     state, m = step(state, tasks.batch(i, 8, 10, 10), jax.random.key(0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import chex
@@ -55,8 +54,7 @@ def test_triplet_step_sees_global_batch_on_every_parallel_mode(mining):
   assert abs(local - float(want_loss)) > 1e-3
 
   tx = optax.sgd(LR)
-  step = functools.partial(state_lib.train_step, tx=tx, loss_fn=functools.
-                           partial(ml.triplet_loss_fn, model=model, **kw))
+  step = ml.make_step(model, tx, loss="triplet", **kw)
   for mode in ("mesh", "pmap"):  # "single" is the reference above, jitted
     compiled = parallel.compile_step(step, mode, donate=False)
     state = compiled.put_state(state_lib.create_train_state(params, tx))
@@ -89,8 +87,7 @@ def test_contrastive_step_pmap_equals_global_batch():
   assert float(want_loss) > 0.1
   want_params = jax.tree.map(lambda p, g: p - LR * g, params, g)
   tx = optax.sgd(LR)
-  step = functools.partial(state_lib.train_step, tx=tx, loss_fn=functools.
-                           partial(ml.contrastive_loss_fn, model=model, **kw))
+  step = ml.make_step(model, tx, loss="contrastive", **kw)
   for mode in ("single", "pmap"):
     compiled = parallel.compile_step(step, mode, donate=False)
     state = compiled.put_state(state_lib.create_train_state(params, tx))
@@ -148,9 +145,7 @@ def test_triplet_training_separates_new_examples_of_its_classes():
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
   before = ml.evaluate(model, params, test, ks=(1,))
   tx = optax.adam(3e-3)
-  step = jax.jit(functools.partial(
-      state_lib.train_step, tx=tx, loss_fn=functools.partial(
-          ml.triplet_loss_fn, model=model, mining="semi_hard", margin=0.5)))
+  step = jax.jit(ml.make_step(model, tx, mining="semi_hard", margin=0.5))
   state = state_lib.create_train_state(params, tx)
   it = episodes.class_balanced_batches(train, classes_per_batch=5,
                                        examples_per_class=8, seed=0)

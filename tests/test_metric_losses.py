@@ -151,24 +151,22 @@ class ContrastiveLossTest(parameterized.TestCase):
     # same d=5: .5*(5-1)^2 = 8; diff d=.5: .5*(2-.5)^2 = 1.125;
     # diff d=0: .5*4 = 2; same d=2.5: .5*1.5^2 = 1.125.
     got = losses.contrastive_loss(a, b, same, pos_margin=1.0, neg_margin=2.0)
-    np.testing.assert_allclose(got, (8 + 1.125 + 2 + 1.125) / 4, rtol=1e-6)
+    np.testing.assert_allclose(got, [8, 1.125, 2, 1.125], rtol=1e-6)
     # Squared distances 25, .25, 0, 6.25 with margins 1 and 2:
     # .5*24^2=288, .5*1.75^2=1.53125, 2, .5*5.25^2=13.78125.
     got = losses.contrastive_loss(a, b, same, pos_margin=1.0, neg_margin=2.0,
                                   distance="squared_l2")
-    np.testing.assert_allclose(got, (288 + 1.53125 + 2 + 13.78125) / 4,
-                               rtol=1e-6)
-    # Weights pick out the second and third pairs.
-    got = losses.contrastive_loss(a, b, same, pos_margin=1.0, neg_margin=2.0,
-                                  weights=jnp.array([0.0, 1.0, 1.0, 0.0]))
-    np.testing.assert_allclose(got, (1.125 + 2) / 2, rtol=1e-6)
+    np.testing.assert_allclose(got, [288, 1.53125, 2, 13.78125], rtol=1e-6)
+    # The one reducer: weights pick out the second and third pairs.
+    got = losses.weighted_mean(got, jnp.array([0.0, 1.0, 1.0, 0.0]))
+    np.testing.assert_allclose(got, (1.53125 + 2) / 2, rtol=1e-6)
 
   def test_cosine_by_hand(self):
     a = jnp.array([[1.0, 0.0], [1.0, 0.0]])
     b = jnp.array([[0.0, 2.0], [1.0, 1.0]])
     # cosine distances 1 and 1 - 1/sqrt(2); pair 0 similar, pair 1 not.
     d1 = 1 - 1 / np.sqrt(2)
-    want = (0.5 * 1.0 ** 2 + 0.5 * (0.5 - d1) ** 2) / 2
+    want = [0.5 * 1.0 ** 2, 0.5 * (0.5 - d1) ** 2]
     got = losses.contrastive_loss(a, b, jnp.array([True, False]),
                                   neg_margin=0.5, distance="cosine")
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -177,7 +175,7 @@ class ContrastiveLossTest(parameterized.TestCase):
     a = jnp.array([[0.0, 0.0], [0.0, 0.0]])
     b = jnp.array([[0.1, 0.0], [3.0, 0.0]])
     f = lambda b: losses.contrastive_loss(  # noqa: E731
-        a, b, jnp.array([1, 0]), pos_margin=0.2, neg_margin=2.0)
+        a, b, jnp.array([1, 0]), pos_margin=0.2, neg_margin=2.0).sum()
     self.assertEqual(float(f(b)), 0.0)
     chex.assert_trees_all_close(jax.jit(jax.grad(f))(b), jnp.zeros_like(b))
 

@@ -7,7 +7,6 @@ import pytest
 
 from tljax import models
 from tljax import params as P
-from tljax.methods import supervised
 
 
 @pytest.mark.parametrize("backbone,x_shape,n_layers", [
@@ -38,9 +37,9 @@ def test_build_by_name_and_auto():
   assert m.backbone.features == (4, 4)
   with pytest.raises(ValueError, match="unknown backbone 'vit'"):
     models.build_backbone("vit")
-  cfg = type("C", (), {"model": {"name": "auto"}})()
-  assert isinstance(supervised.build_model(cfg, 10, (8, 8, 1)).backbone,
+  cfg = {"name": "auto"}
+  assert isinstance(models.build_classifier(cfg, 10, (8, 8, 1)).backbone,
                     models.CNN2D)
-  assert isinstance(supervised.build_model(cfg, 10, (40,)).backbone,
+  assert isinstance(models.build_classifier(cfg, 10, (40,)).backbone,
                     models.CNN1D)
-  assert isinstance(supervised.build_model(cfg, 2, (2,)).backbone, models.MLP)
+  assert isinstance(models.build_classifier(cfg, 2, (2,)).backbone, models.MLP)

@@ -1,7 +1,6 @@
 """Two processes on this machine, 2 CPU devices each, train one model over a
 global 4-device mesh; the result matches one process on the whole batch."""
 
-import functools
 import os
 import socket
 import subprocess
@@ -16,14 +15,15 @@ WORKER = textwrap.dedent("""
     import functools, sys
     import jax
     jax.config.update("jax_num_cpu_devices", 2)
-    from tljax.train import cli
+    from tljax.drivers import cli
     cli.initialize(sys.argv[1], 2, int(sys.argv[2]))
     import numpy as np
     sys.path.insert(0, sys.argv[4])
     import test_multihost as t
     state, step, data = t.setup()
     from tljax import data as data_lib
-    from tljax.train import parallel, loop
+    from tljax import workdir
+    from tljax.train import parallel, trainer
     assert jax.device_count() == 4 and jax.local_device_count() == 2
     c = parallel.compile_step(step, "auto", donate=False)
     assert c.mode == "mesh"
@@ -32,9 +32,15 @@ WORKER = textwrap.dedent("""
     for _ in range(3):
       s, m = c(s, c.put_batch(next(it)), jax.random.key(0))
     flat = [np.asarray(jax.device_get(x)) for x in jax.tree.leaves(s.params)]
-    if loop.is_chief():
+    # A lean run (a sweep's) over the same global batches, stacked.
+    lean, _ = trainer.Trainer(step).run(state, data, batch_size=8,
+                                        num_steps=3, seed=0,
+                                        rng=jax.random.key(0))
+    flat += [np.asarray(jax.device_get(x))
+             for x in jax.tree.leaves(lean.params)]
+    if workdir.is_chief():
       np.savez(sys.argv[3], *flat)
-    loop.say("multihost ok")
+    workdir.say("multihost ok")
 """)
 
 
@@ -46,9 +52,7 @@ def setup():
   params = model.init(jax.random.key(0), np.zeros((1, 4), np.float32))[
       "params"]
   tx = optim.make_optimizer(params, name="sgd", learning_rate=0.1)
-  step = functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(supervised.classification_loss, model=model))
+  step = supervised.make_step(model, tx)
   rng = np.random.default_rng(0)
   data = {"x": rng.normal(size=(32, 4)).astype(np.float32),
           "y": rng.integers(0, 3, 32).astype(np.int32)}
@@ -79,4 +83,7 @@ def test_two_processes_match_one(tmp_path):
     state, _ = jitted(state, next(it), jax.random.key(0))
   with np.load(out) as f:
     got = [f[f"arr_{i}"] for i in range(len(f.files))]
-  chex.assert_trees_all_close(got, jax.tree.leaves(state.params), atol=1e-6)
+  want = jax.tree.leaves(state.params)
+  # The step-by-step run and the lean (stacked) run, each against one
+  # process on the whole batch.
+  chex.assert_trees_all_close(got, want + want, atol=1e-6)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tljax import models
+from tljax.drivers import multitask as multitask_driver
 from tljax.methods import multitask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,9 +106,8 @@ def test_task_batches():
 
 
 def test_quick_experiment_writes_results(tmp_path):
-  config = multitask_config.get_config()
-  config.quick = True
-  m = multitask.train_and_evaluate(config, str(tmp_path))
+  config = multitask_config.get_config("quick")
+  m = multitask_driver.train_and_evaluate(config, str(tmp_path))
   with open(tmp_path / "results.json") as f:
     saved = json.load(f)["metrics"]
   assert set(saved) >= {"joint/target_accuracy", "joint/source_accuracy",

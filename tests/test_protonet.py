@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -61,11 +60,13 @@ def test_loss_by_hand():
     logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     ces.append(-logp[np.arange(3), yq].mean())
     accs.append((logits.argmax(1) == yq).mean())
-  loss, metrics = protonet.loss_fn(params, None, batch, None, model=model,
-                                   n_way=2)
+  loss, metrics = protonet.protonet_loss(params, None, batch, None,
+                                         model=model, n_way=2)
   np.testing.assert_allclose(loss, np.mean(ces), rtol=1e-5)
   np.testing.assert_allclose(metrics["accuracy"], np.mean(accs))
-  got = protonet.episode_accuracies(
+  got = protonet.episode_accuracies(params, batch, model=model, n_way=2)
+  np.testing.assert_allclose(got, accs)
+  got = protonet.centroid_accuracies(
       protonet.model_embed_fn(model, params), batch, 2)
   np.testing.assert_allclose(got, accs)
 
@@ -85,14 +86,12 @@ def test_episodic_training_improves_held_out_accuracy():
                                     k_shot=5, n_query=5)
   model = models.MLP((64,))
   params = model.init(jax.random.key(0), jnp.zeros((1, 40)))["params"]
-  acc = jax.jit(lambda p, b: protonet.episode_accuracies(
-      protonet.model_embed_fn(model, p), b, 5))
+  acc = jax.jit(lambda p, b: protonet.episode_accuracies(p, b, model=model,
+                                                         n_way=5))
   test_batch = test.batch(0, 100)
   before = float(acc(params, test_batch).mean())
   tx = optax.adam(1e-3)
-  step = jax.jit(functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(protonet.loss_fn, model=model, n_way=5)))
+  step = jax.jit(protonet.make_step(model, tx, n_way=5))
   state = state_lib.create_train_state(params, tx)
   for i in range(100):
     state, _ = step(state, train.batch(i, 4), jax.random.key(0))

@@ -4,7 +4,6 @@ classifier, and the clustering scores against hand/numpy calculations."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 
 import chex
@@ -15,9 +14,7 @@ import pytest
 
 from tljax import models
 from tljax.methods import self_taught as st
-from tljax.methods import supervised
-from tljax.train import state as state_lib
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib
 
 
 def _ae(code=3, hidden=(5,), decoder=(4,), shape=(6,)):
@@ -41,7 +38,7 @@ def _np_code_and_recon(p, x):
 
 def test_reconstruction_loss_matches_numpy():
   model = _ae()
-  params = supervised.init_params(model, (6,), 0)
+  params = models.init_params(model, (6,), 0)
   x = np.random.default_rng(0).normal(size=(8, 6)).astype(np.float32)
   code, recon = _np_code_and_recon(params, x)
   loss, m = st.reconstruction_loss(params, None, {"x": x}, jax.random.key(0),
@@ -67,15 +64,11 @@ def test_pretraining_learns_low_rank_data():
   x = (rng.normal(size=(512, 3)) @ w).astype(np.float32)
   model = st.Autoencoder(models.MLP((32, 8)), output_shape=(12,),
                          decoder_features=(32,))
-  params = supervised.init_params(model, (12,), 0)
+  params = models.init_params(model, (12,), 0)
   tx = optax.adam(3e-3)
-  trainer = lean.LeanTrainer(functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(st.reconstruction_loss, model=model)),
-      scan=True)
-  state, m = trainer(state_lib.create_train_state(params, tx), {"x": x},
-                     batch_size=64, num_steps=600, seed=0,
-                     rng=jax.random.key(0))
+  trainer = trainer_lib.Trainer(st.make_step(model, tx), tx, scan=True)
+  state, m = trainer.train_from(params, {"x": x}, batch_size=64,
+                                num_steps=600, seed=0, rng=jax.random.key(0))
   # Variance per coordinate is ~3; a 3-dim structure fits in an 8-dim code.
   assert m["mse"] < 0.05 * x.var(), m
   feats = st.encode(model, state.params, x)
@@ -84,7 +77,7 @@ def test_pretraining_learns_low_rank_data():
 
 def test_classifier_gets_the_encoder_and_a_fresh_head():
   model = _ae()
-  params = supervised.init_params(model, (6,), 0)
+  params = models.init_params(model, (6,), 0)
   clf, cp = st.classifier_from_autoencoder(model, params, num_classes=4,
                                            example_shape=(6,), seed=1)
   assert sorted(cp) == ["backbone", "head"]

@@ -1,4 +1,5 @@
-"""The step shape compiled three ways, the loop, resume, NaN stops."""
+"""The step shape compiled three ways, the trainer's full and lean runs,
+resume, NaN stops, strict results files."""
 
 import functools
 import json
@@ -12,13 +13,15 @@ import optax
 import pytest
 
 from tljax import data as data_lib
+from tljax import evaluation
 from tljax import models
 from tljax import optim
+from tljax import workdir as workdir_lib
 from tljax.methods import supervised
 from tljax.train import checkpoint
-from tljax.train import loop
 from tljax.train import parallel
 from tljax.train import state as state_lib
+from tljax.train import trainer as trainer_lib
 
 
 def _setup(lr_rules=None, name="momentum"):
@@ -27,10 +30,8 @@ def _setup(lr_rules=None, name="momentum"):
   params = model.init(jax.random.key(0), jnp.zeros((1, 16)))["params"]
   tx = optim.make_optimizer(params, name=name, learning_rate=0.05,
                             lr_rules=lr_rules)
-  step = functools.partial(
-      state_lib.train_step, tx=tx,
-      loss_fn=functools.partial(supervised.classification_loss, model=model))
-  return model, state_lib.create_train_state(params, tx), step
+  return model, state_lib.create_train_state(params, tx), supervised.make_step(
+      model, tx)
 
 
 def _data(n=64, seed=0):
@@ -125,11 +126,11 @@ def test_step_compiles_once():
 def _fit(workdir, num_steps, **kw):
   _, state0, step = _setup()
   data = _data()
-  return loop.fit(state0, step,
-                  lambda start: data_lib.batches(data, 16, seed=1,
-                                                 start_step=start),
-                  num_steps=num_steps, rng=jax.random.key(0), workdir=workdir,
-                  log_every=2, parallel_mode="single", **kw)
+  return trainer_lib.Trainer(step, parallel="single").fit(
+      state0, lambda start: data_lib.batches(data, 16, seed=1,
+                                             start_step=start),
+      num_steps=num_steps, rng=jax.random.key(0), workdir=workdir,
+      log_every=2, **kw)
 
 
 def test_resume_is_exact(tmp_path):
@@ -152,13 +153,12 @@ def test_fit_eval_and_checkpoints(tmp_path):
 
   def eval_fn(p):
     evals.append(1)
-    return supervised.evaluate(model, p, ds)
+    return evaluation.evaluate(model, p, ds)
 
-  _, last = loop.fit(state0, step, lambda s: data_lib.batches(data, 16,
-                                                              start_step=s),
-                     num_steps=6, rng=jax.random.key(0),
-                     workdir=str(tmp_path), eval_fn=eval_fn, eval_every=3,
-                     checkpoint_every=3, log_every=3)
+  _, last = trainer_lib.Trainer(step).fit(
+      state0, lambda s: data_lib.batches(data, 16, start_step=s),
+      num_steps=6, rng=jax.random.key(0), workdir=str(tmp_path),
+      eval_fn=eval_fn, eval_every=3, checkpoint_every=3, log_every=3)
   assert len(evals) == 2 and "eval_accuracy" in last
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
 
@@ -173,9 +173,9 @@ def test_nan_stops_with_the_step(tmp_path):
         b = dict(b, x=np.full_like(b["x"], np.nan))
       yield b
 
-  with pytest.raises(loop.TrainingDiverged, match="at step 5"):
-    loop.fit(state0, step, batches, num_steps=8, rng=jax.random.key(0),
-             log_every=3, parallel_mode="single")
+  with pytest.raises(trainer_lib.TrainingDiverged, match="at step 5"):
+    trainer_lib.Trainer(step, parallel="single").fit(
+        state0, batches, num_steps=8, rng=jax.random.key(0), log_every=3)
 
 
 def test_params_roundtrip(tmp_path):
@@ -187,9 +187,86 @@ def test_params_roundtrip(tmp_path):
     checkpoint.load_params(str(tmp_path / "nowhere"))
 
 
-def test_write_results(tmp_path):
-  path = loop.write_results(str(tmp_path), {"acc": np.float32(0.5)},
-                            {"lr": 0.1})
+def test_write_results_is_strict_json(tmp_path):
+  path = workdir_lib.write_results(
+      str(tmp_path), {"acc": np.float32(0.5), "loss": float("nan"),
+                      "runs": [1.0, np.inf]}, {"lr": 0.1})
   with open(path) as f:
-    out = json.load(f)
-  assert out == {"metrics": {"acc": 0.5}, "config": {"lr": 0.1}}
+    text = f.read()
+  out = json.loads(text, parse_constant=lambda c: pytest.fail(
+      f"{c} is not JSON"))
+  assert out["metrics"] == {"acc": 0.5, "loss": None, "runs": [1.0, None]}
+  assert out["config"] == {"lr": 0.1}
+  assert out["non_finite"]["fields"] == ["metrics/loss", "metrics/runs/1"]
+
+
+def test_put_state_copies_so_donation_spares_the_callers_arrays():
+  """The compiled programs donate the state; the caller's params live on."""
+  _, state0, step = _setup()
+  params = jax.device_put(state0.params)
+  trainer = trainer_lib.Trainer(step, parallel="single")
+  state = state0.replace(params=params)
+  trainer.run(state, _data(), batch_size=16, num_steps=2, seed=0,
+              rng=jax.random.key(0))
+  assert all(not x.is_deleted() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lean_run_matches_a_loop_of_steps_and_compiles_once(scan):
+  """The lean run against an independent loop of the jitted step over
+  data.batches, and no recompilation for another data set or seed."""
+  _, state0, step = _setup()
+  data = _data()
+  trainer = trainer_lib.Trainer(step, parallel="single", scan=scan)
+  got, metrics = trainer.run(state0, data, batch_size=16, num_steps=5, seed=3,
+                             rng=jax.random.key(0))
+  ref, jstep = state0, jax.jit(step)
+  it = data_lib.batches(data, 16, seed=3)
+  for _ in range(5):
+    ref, ref_m = jstep(ref, next(it), jax.random.key(0))
+  chex.assert_trees_all_close(got.params, ref.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], ref_m["loss"], rtol=1e-5)
+  trainer.run(state0, _data(seed=1), batch_size=16, num_steps=5, seed=4,
+              rng=jax.random.key(1))
+  assert trainer.num_compiles == 1
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lean_run_is_the_same_on_one_device_a_mesh_and_pmap(scan):
+  """A sweep's numbers do not depend on the parallel mode (4 CPU devices)."""
+  _, state0, step = _setup(lr_rules=[("backbone/layer_0/.*", None),
+                                     (".*", 1.0)])
+  data = _data()
+  out = {}
+  for mode in ("single", "mesh", "pmap"):
+    trainer = trainer_lib.Trainer(step, parallel=mode, scan=scan)
+    assert trainer.mode == mode
+    s, m = trainer.run(state0, data, batch_size=16, num_steps=4, seed=2,
+                       rng=jax.random.key(0))
+    out[mode] = (jax.device_get(s.params), m["loss"])
+  for mode in ("mesh", "pmap"):
+    chex.assert_trees_all_close(out[mode][0], out["single"][0], atol=1e-5,
+                                rtol=1e-5)
+    np.testing.assert_allclose(out[mode][1], out["single"][1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_lean_run_nan_names_the_step(scan):
+  _, state0, step = _setup()
+  bad = _data()
+  bad["x"][5] = np.nan
+  with pytest.raises(trainer_lib.TrainingDiverged, match="diverged at step"):
+    trainer_lib.Trainer(step, parallel="single", scan=scan).run(
+        state0, bad, batch_size=64, num_steps=3, seed=0,
+        rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="same length"):
+    trainer_lib.stack_batches({"x": bad["x"], "y": bad["y"][:3]}, 4, 2,
+                              seed=0)
+
+
+def test_init_state_needs_the_optimizer():
+  trainer = trainer_lib.Trainer(lambda s, b, r: (s, {}))
+  with pytest.raises(ValueError, match="no optimizer"):
+    trainer.train_from({"w": np.zeros(1)}, {"x": np.zeros((2, 1))},
+                       batch_size=1, num_steps=1, seed=0,
+                       rng=jax.random.key(0))

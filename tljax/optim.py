@@ -90,8 +90,8 @@ def make_optimizer(params: PyTree, *, name: str = "adam",
                    b1: float = 0.9, b2: float = 0.999,
                    weight_decay: float = 1e-4, nesterov: bool = False,
                    grad_clip_norm: float | None = None,
-                   lr_rules: Sequence[tuple[str, Any]] | None = None,
-                   log_rules: bool = False) -> optax.GradientTransformation:
+                   lr_rules: Sequence[tuple[str, Any]] | None = None
+                   ) -> optax.GradientTransformation:
   """Builds the optimizer; see the module docstring.
 
   Args:
@@ -102,8 +102,9 @@ def make_optimizer(params: PyTree, *, name: str = "adam",
     momentum, b1, b2, weight_decay, nesterov: base optimizer settings.
     grad_clip_norm: clip the global norm of the trainable gradients.
     lr_rules: ordered ``(regex, multiplier)`` rules; ``None`` or ``0`` means
-      frozen. Every leaf must be covered and every rule must match.
-    log_rules: log which rule matched each leaf.
+      frozen. Every leaf must be covered and every rule must match
+      (:func:`tljax.params.describe_rules` shows which rule matched which
+      leaf).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -116,8 +117,7 @@ def make_optimizer(params: PyTree, *, name: str = "adam",
     parts = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm \
         else []
     return optax.chain(*parts, base)
-  mults = params_lib.make_tree(params, lr_rules, what="lr_rules",
-                               log=log_rules)
+  mults = params_lib.make_tree(params, lr_rules, what="lr_rules")
   for m in jax.tree.leaves(mults, is_leaf=lambda x: x is None):
     if m is not None and not isinstance(m, (int, float)):
       raise ValueError(f"lr_rules: multipliers must be numbers or None "

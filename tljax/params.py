@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Sequence
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -91,16 +90,10 @@ def match_rules(names: Iterable[str], rules: Rules, *,
   return out
 
 
-def make_tree(params: PyTree, rules: Rules, *, what: str = "rules",
-              log: bool = False) -> PyTree:
+def make_tree(params: PyTree, rules: Rules, *, what: str = "rules"
+              ) -> PyTree:
   """A tree shaped like ``params`` holding the value of each leaf's rule."""
-  names = leaf_names(params)
-  matched = match_rules(names, rules, what=what)
-  if log:
-    for name in names:
-      i, value = matched[name]
-      logging.info("%s: %-50s <- rule %d %r -> %r", what, name, i, rules[i][0],
-                   value)
+  matched = match_rules(leaf_names(params), rules, what=what)
   return tree_map_with_names(lambda n, _: matched[n][1], params)
 
 

@@ -6,8 +6,8 @@ Trains a CNN1D teacher on mnist1d (the supervised run, resumable, in
 <workdir>/teacher), then a one-hidden-layer MLP student over 3 seeds from
 the labels alone and with the teacher's soft targets (T=4, alpha=0.9), and
 reports the three test accuracies. --config.init_from=<workdir of
-experiments/train.py> reuses a trained teacher; --config.quick=True is the
-smoke test.
+experiments/train.py> reuses a trained teacher;
+--config=experiments/configs/distill.py:quick is the smoke test.
 
 Measured on the 2-core CPU (docs/results_finetune.md): teacher 97.9%;
 student 78.7 ± 0.6% from labels, 74.0 ± 0.9% distilled (distillation does
@@ -18,6 +18,9 @@ import ml_collections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  if arg not in ("", "quick"):
+    raise ValueError(f"unknown config argument {arg!r}; use quick (a "
+                     "seconds-long smoke run) or nothing")
   c = ml_collections.ConfigDict()
   c.data = "mnist1d:clean"
   c.data_dir = ""
@@ -45,7 +48,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.alpha = 0.9                    # weight of the distillation term
   c.num_steps = 2000
   c.batch_size = 64
-  c.learning_rate = 1e-3
-  c.seeds = 3
-  c.quick = arg == "quick"
+  c.optim = ml_collections.ConfigDict()  # the student's
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.num_seeds = 3
+  c.parallel = "auto"              # auto | single | mesh | pmap
+
+  if arg == "quick":               # seconds: tiny models, few steps
+    c.teacher.update(num_steps=10, batch_size=16, eval_every=0, log_every=10,
+                     checkpoint_every=0)
+    c.teacher.optim.warmup_steps = 0
+    c.teacher.model = ml_collections.ConfigDict({"name": "mlp",
+                                                 "features": (32,)})
+    c.student = ml_collections.ConfigDict({"name": "mlp", "features": (16,)})
+    c.update(num_steps=6, batch_size=16, num_seeds=2)
   return c

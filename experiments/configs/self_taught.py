@@ -59,7 +59,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.optim.schedule = "constant"
   config.optim.grad_clip_norm = 1.0
 
-  config.linear_learning_rate = 1e-2  # the *_linear strategies' heads
+  # The *_linear strategies' heads: a linear head on fixed features wants a
+  # larger step than a deep net (the rest of config.optim applies to it).
+  config.linear = ml_collections.ConfigDict()
+  config.linear.optim = ml_collections.ConfigDict({"learning_rate": 1e-2})
   config.kmeans_restarts = 10          # k-means n_init (best inertia kept)
 
   config.pretrain_steps = 3000

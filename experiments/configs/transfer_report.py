@@ -12,7 +12,7 @@ optionally x_test, y_test):
   python experiments/transfer_report.py --workdir=/tmp/tljax/mine \
       --config.source=npz:src.npz --config.target=npz:tgt.npz
 
-Smoke test (seconds): add --config.quick=True.
+Smoke test (seconds): --config=experiments/configs/transfer_report.py:quick
 
 Measured on the 2-core CPU (docs/results_finetune.md has the full table):
 2.3 min wall (94 s CPU) with other jobs on the same cores; best strategy per
@@ -27,6 +27,9 @@ import ml_collections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  if arg not in ("", "quick"):
+    raise ValueError(f"unknown config argument {arg!r}; use quick (a "
+                     "seconds-long smoke run) or nothing")
   c = ml_collections.ConfigDict()
   c.source = "mnist1d:clean"
   c.target = "mnist1d:noisy"
@@ -34,7 +37,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.seed = 0
   c.model = ml_collections.ConfigDict({"name": "auto"})  # auto: cnn1d here
 
-  # The source run (tljax.methods.supervised); skipped with init_from.
+  # The source run (tljax.drivers.train); skipped with init_from.
   c.init_from = ""                 # workdir/params of an earlier source run
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.num_steps = 2000
@@ -54,17 +57,26 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.strategies = ("scratch", "linear_probe", "freeze_first", "finetune",
                   "l2_sp", "lwf")  # also: discriminative, gradual
   c.budgets = (1, 5, 20, 100, 0)   # target labels per class; 0 = all
-  c.seeds = 3
+  c.num_seeds = 3
   c.num_steps = 400                # per run, the same for every strategy
   c.batch_size = 64
-  c.optimizer = "adam"
-  c.learning_rate = 1e-3
+  c.optim = ml_collections.ConfigDict()  # every strategy's optimizer
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
   c.head_from_source = False      # True: start heads from the source head
   c.freeze_layers = 2              # freeze_first: layers kept frozen
   c.l2_sp = ml_collections.ConfigDict({"alpha": 0.1, "beta": 0.01})
   c.lwf = ml_collections.ConfigDict({"weight": 1.0, "temperature": 2.0})
   c.discriminative_decay = 1 / 2.6
   c.eval_examples = 0              # target test examples (0: all)
+  c.parallel = "auto"              # auto | single | mesh | pmap
 
-  c.quick = arg == "quick"         # tiny run for smoke tests
+  if arg == "quick":               # seconds: a small MLP, few steps
+    c.model = ml_collections.ConfigDict({"name": "mlp",
+                                         "features": (32, 32)})
+    c.pretrain.update(num_steps=10, batch_size=16, eval_every=0,
+                      log_every=10, checkpoint_every=0)
+    c.pretrain.optim.warmup_steps = 0
+    c.update(num_seeds=2, budgets=(1, 0), num_steps=6, batch_size=16,
+             eval_examples=200, freeze_layers=1)
   return c

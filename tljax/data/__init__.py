@@ -5,5 +5,7 @@ from tljax.data.batching import batches
 from tljax.data.batching import eval_batches
 from tljax.data.sources import Dataset
 from tljax.data.sources import load
+from tljax.data.sources import load_attributes
 
-__all__ = ["Dataset", "load", "batches", "batch_indices", "eval_batches"]
+__all__ = ["Dataset", "load", "load_attributes", "batches", "batch_indices",
+           "eval_batches"]

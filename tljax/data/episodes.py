@@ -16,7 +16,7 @@
 Like :func:`tljax.data.batches`, every sampler is a pure function of
 ``(seed, index)``: episode ``i`` is the same on every run, so a resumed run
 sees the episodes an uninterrupted one would, and ``batches(start_step)``
-plugs into :func:`tljax.train.loop.fit`.
+plugs into :meth:`tljax.train.Trainer.fit`.
 
   >>> from tljax import data
   >>> ds = data.load("digits")
@@ -38,6 +38,19 @@ from tljax.data.sources import Dataset
 
 # Salts that keep the streams of different samplers with the same seed apart.
 _EPISODE, _BALANCED, _PAIRS, _SINE = 11, 23, 37, 53
+
+TASK_KEYS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def task_arrays(batch: dict) -> dict:
+  """The support and query arrays of a meta-batch (or of one episode):
+  what the meta-learners ``vmap`` over; other keys (``classes``,
+  ``amplitude``, ...) are left out."""
+  missing = [k for k in TASK_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"a meta-batch needs {TASK_KEYS}; it lacks {missing} "
+                     f"(it has {sorted(batch)}).")
+  return {k: batch[k] for k in TASK_KEYS}
 
 
 def _rng(seed: int, salt: int, index: int) -> np.random.Generator:

@@ -373,3 +373,36 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
   if len(x) == 0:
     raise ValueError(f"data set {spec!r} ({split}) is empty after selection")
   return Dataset(x=x, y=y, num_classes=num_classes, name=spec)
+
+
+# ---------------------------------------------------- class descriptions
+def load_attributes(path: str, num_classes: int
+                    ) -> tuple[np.ndarray, tuple[str, ...]]:
+  """A class-attribute matrix ``(num_classes, M)`` and its attribute names
+  from an npz file holding ``attributes`` (and optionally ``names``): the
+  class descriptions of zero-shot learning.
+
+  Raises:
+    FileNotFoundError, ValueError: on a missing file or key, a matrix of
+      the wrong shape, or non-finite values.
+  """
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"no class-description file at {path!r}; save one with "
+        "np.savez(path, attributes=A) with A of shape (num_classes, M).")
+  with np.load(path, allow_pickle=False) as f:
+    if "attributes" not in f:
+      raise ValueError(f"{path} has keys {sorted(f.keys())}; it needs "
+                       "'attributes' of shape (num_classes, M).")
+    a = np.asarray(f["attributes"], np.float32)
+    names = (tuple(str(n) for n in f["names"]) if "names" in f
+             else tuple(f"attr_{i}" for i in range(a.shape[-1])))
+  if a.ndim != 2 or a.shape[0] != num_classes:
+    raise ValueError(f"{path}: attributes must have shape ({num_classes}, "
+                     f"M), one row per class; got {a.shape}.")
+  if not np.all(np.isfinite(a)):
+    raise ValueError(f"{path}: attributes contain NaN or Inf.")
+  if len(names) != a.shape[1]:
+    raise ValueError(f"{path}: {len(names)} names for {a.shape[1]} "
+                     "attributes.")
+  return a, names

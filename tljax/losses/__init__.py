@@ -1,11 +1,14 @@
 """Every loss and penalty in tljax: pure functions of arrays and pytrees.
 
 One file per family; this module re-exports the public ones, so
-``tljax.losses.triplet_loss`` etc. work.
+``tljax.losses.triplet_loss`` etc. work. Per-example losses return one value
+per example (as optax's do); :func:`weighted_mean` is the one reducer.
+For softmax cross-entropy use optax's
+``softmax_cross_entropy_with_integer_labels``.
 """
 
 from tljax.losses.classification import accuracy
-from tljax.losses.classification import cross_entropy
+from tljax.losses.classification import weighted_mean
 from tljax.losses.metric import contrastive_loss
 from tljax.losses.metric import triplet_loss
 from tljax.losses.transfer import distillation_kl
@@ -19,3 +22,9 @@ from tljax.losses.alignment import gaussian_mmd2
 from tljax.losses.alignment import multi_kernel_mmd2
 from tljax.losses.zero_shot import attribute_loss
 from tljax.losses.zero_shot import hinge_ranking_loss
+
+__all__ = ["accuracy", "weighted_mean", "contrastive_loss", "triplet_loss",
+           "distillation_kl", "l2_sp_penalty", "l2_sp_shared_mask",
+           "lwf_penalty", "coral_loss", "domain_accuracy",
+           "domain_classification_loss", "gaussian_mmd2", "multi_kernel_mmd2",
+           "attribute_loss", "hinge_ranking_loss"]

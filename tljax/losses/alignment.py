@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from tljax import ops
+from tljax.losses.classification import weighted_mean
 
 
 def check_domains(source, target, *, what: str = "features",
@@ -234,12 +235,7 @@ def domain_classification_loss(source_logits: jax.Array,
   lt = _logit_vector(target_logits, "target")
   bce_s = optax.sigmoid_binary_cross_entropy(ls, jnp.zeros_like(ls))
   bce_t = optax.sigmoid_binary_cross_entropy(lt, jnp.ones_like(lt))
-  if source_weights is None:
-    src = jnp.mean(bce_s)
-  else:
-    src = jnp.sum(source_weights * bce_s) / jnp.maximum(
-        jnp.sum(source_weights), 1e-12)
-  return 0.5 * (src + jnp.mean(bce_t))
+  return 0.5 * (weighted_mean(bce_s, source_weights) + jnp.mean(bce_t))
 
 
 def domain_accuracy(source_logits: jax.Array, target_logits: jax.Array

@@ -50,8 +50,7 @@ def _masks(labels: jax.Array):
 
 def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
                      pos_margin: float = 0.0, neg_margin: float = 1.0,
-                     distance: str = "l2",
-                     weights: jax.Array | None = None) -> jax.Array:
+                     distance: str = "l2") -> jax.Array:
   """Contrastive loss of a Siamese network on pairs of embeddings.
 
   Hadsell, Chopra & LeCun (2006), "Dimensionality Reduction by Learning an
@@ -64,13 +63,13 @@ def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
         + (1 - same_i) * 1/2 max(neg_margin - d_i, 0)^2
 
   where ``d_i = d(emb_a[i], emb_b[i])``. With ``pos_margin=0`` and the ``l2``
-  distance this is Hadsell et al.'s loss. Returns the mean over pairs (or
-  the ``weights``-weighted mean).
+  distance this is Hadsell et al.'s loss. Returns ``l_i`` for every pair
+  (reduce with :func:`tljax.losses.weighted_mean`).
 
     >>> import jax.numpy as jnp
     >>> a, b = jnp.array([[0., 0.], [0., 0.]]), jnp.array([[3., 4.], [.3, .4]])
-    >>> float(contrastive_loss(a, b, jnp.array([1, 0]), neg_margin=1.0))
-    6.3125
+    >>> contrastive_loss(a, b, jnp.array([1, 0]), neg_margin=1.0).tolist()
+    [12.5, 0.125]
 
   Args:
     emb_a, emb_b: ``(n, dim)`` embeddings of the two inputs of each pair.
@@ -78,10 +77,9 @@ def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
     pos_margin: distances of similar pairs below this cost nothing.
     neg_margin: distances of dissimilar pairs above this cost nothing.
     distance: ``l2``, ``squared_l2`` or ``cosine`` (``1 - cos``).
-    weights: optional ``(n,)`` per-pair weights.
 
   Returns:
-    The scalar loss.
+    ``(n,)`` per-pair losses.
 
   Raises:
     ValueError: on mismatched shapes, an unknown distance or bad margins.
@@ -105,12 +103,8 @@ def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
   d = jax.vmap(lambda u, v: ops.pairwise_distances(
       u[None], v[None], kind=distance)[0, 0])(emb_a, emb_b)
   same = jnp.asarray(same, d.dtype)
-  per_pair = 0.5 * (same * jnp.square(jnp.maximum(d - pos_margin, 0.0))
-                    + (1.0 - same) * jnp.square(
-                        jnp.maximum(neg_margin - d, 0.0)))
-  if weights is None:
-    return per_pair.mean()
-  return jnp.sum(weights * per_pair) / jnp.maximum(jnp.sum(weights), 1e-12)
+  return 0.5 * (same * jnp.square(jnp.maximum(d - pos_margin, 0.0))
+                + (1.0 - same) * jnp.square(jnp.maximum(neg_margin - d, 0.0)))
 
 
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,

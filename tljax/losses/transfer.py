@@ -11,6 +11,8 @@
   data must keep the recorded outputs of the original model.
 
 All are pure functions of arrays and pytrees; nothing here knows a model.
+The output-space losses return one value per example; reduce them with
+:func:`tljax.losses.weighted_mean`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from tljax import params as params_lib
 
@@ -100,7 +103,7 @@ def _check_temperature(temperature):
 
 def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
                     temperature: float = 1.0) -> jax.Array:
-  """``T^2 * mean_i KL(softmax(t_i/T) || softmax(s_i/T))``.
+  """``T^2 * KL(softmax(t_i/T) || softmax(s_i/T))`` for each example ``i``.
 
   Hinton et al. (2015): soft targets at temperature ``T`` carry the
   teacher's similarity structure between classes; the ``T^2`` factor keeps
@@ -109,8 +112,8 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
 
     >>> import jax.numpy as jnp
     >>> z = jnp.array([[1.0, 2.0, 3.0]])
-    >>> float(distillation_kl(z, z, temperature=2.0))
-    0.0
+    >>> distillation_kl(z, z, temperature=2.0).tolist()
+    [0.0]
 
   Args:
     student_logits: ``(batch, classes)``.
@@ -118,7 +121,7 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
     temperature: ``T > 0``.
 
   Returns:
-    The scalar loss.
+    ``(batch,)`` per-example losses.
 
   Raises:
     ValueError: on mismatched shapes or a non-positive temperature.
@@ -126,26 +129,26 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
   _check_logits(student_logits, teacher_logits, "distillation_kl")
   _check_temperature(temperature)
   t = jax.lax.stop_gradient(teacher_logits) / temperature
-  log_p = jax.nn.log_softmax(t, -1)
-  log_q = jax.nn.log_softmax(student_logits / temperature, -1)
-  kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)
-  return temperature ** 2 * jnp.mean(kl)
+  kl = optax.losses.kl_divergence_with_log_targets(
+      jax.nn.log_softmax(student_logits / temperature, -1),
+      jax.nn.log_softmax(t, -1))
+  return temperature ** 2 * kl
 
 
 def lwf_penalty(new_logits: jax.Array, recorded_logits: jax.Array, *,
                 temperature: float = 2.0) -> jax.Array:
   """Learning-without-Forgetting loss on the old task's outputs.
 
-  Li & Hoiem (2016), eq. 2: the cross-entropy ``-mean_i sum_c y'_ic log
-  yhat'_ic`` between the recorded outputs of the original network
-  (``y' = softmax(recorded/T)``) and the current network's outputs for the
+  Li & Hoiem (2016), eq. 2: per example ``i``, the cross-entropy
+  ``-sum_c y'_ic log yhat'_ic`` between the recorded outputs of the original
+  network (``y' = softmax(recorded/T)``) and the current network's outputs for the
   same old task (``yhat' = softmax(new/T)``), at ``T = 2`` in the paper. It
   differs from the KL of :func:`distillation_kl` by the (constant) entropy
   of ``y'`` and by not scaling with ``T^2``, as in the paper, where the
   weight ``lambda_o`` sets the balance.
 
     >>> import jax.numpy as jnp
-    >>> round(float(lwf_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)))), 4)
+    >>> round(float(lwf_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0]), 4)
     1.3863
 
   Args:
@@ -155,7 +158,7 @@ def lwf_penalty(new_logits: jax.Array, recorded_logits: jax.Array, *,
     temperature: ``T > 0``.
 
   Returns:
-    The scalar loss.
+    ``(batch,)`` per-example losses.
 
   Raises:
     ValueError: on mismatched shapes or a non-positive temperature.
@@ -164,4 +167,4 @@ def lwf_penalty(new_logits: jax.Array, recorded_logits: jax.Array, *,
   _check_temperature(temperature)
   p = jax.nn.softmax(jax.lax.stop_gradient(recorded_logits) / temperature, -1)
   log_q = jax.nn.log_softmax(new_logits / temperature, -1)
-  return -jnp.mean(jnp.sum(p * log_q, -1))
+  return -jnp.sum(p * log_q, -1)

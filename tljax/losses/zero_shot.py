@@ -29,9 +29,9 @@ REDUCTIONS = ("max", "sum")
 
 
 def hinge_ranking_loss(scores: jax.Array, labels: jax.Array, *,
-                       margin: float = 1.0, reduction: str = "max",
-                       weights: jax.Array | None = None) -> jax.Array:
-  """Mean hinge ranking loss of compatibility scores.
+                       margin: float = 1.0, reduction: str = "max"
+                       ) -> jax.Array:
+  """Hinge ranking loss of compatibility scores, one value per example.
 
   With ``reduction='max'`` (the structured-SVM form of ALE, Akata et al.
   2015, and of Weston et al. 2011's WSABIE at rank one) each example costs
@@ -49,11 +49,10 @@ def hinge_ranking_loss(scores: jax.Array, labels: jax.Array, *,
       in range).
     margin: the margin ``k``.
     reduction: ``max`` or ``sum`` over the wrong classes.
-    weights: optional ``(batch,)`` per-example weights; the result is then
-      ``sum(w * loss) / sum(w)``.
 
   Returns:
-    The mean loss, a scalar.
+    ``(batch,)`` per-example losses (reduce with
+    :func:`tljax.losses.weighted_mean`).
 
   Raises:
     ValueError: on shapes that do not fit, fewer than two classes, or an
@@ -82,17 +81,13 @@ def hinge_ranking_loss(scores: jax.Array, labels: jax.Array, *,
   else:
     per = jnp.sum(jnp.where(wrong, jnp.maximum(0.0, margin - true + scores),
                             0.0), axis=1)
-  if weights is None:
-    return per.mean()
-  if jnp.shape(weights) != (n,):
-    raise ValueError(f"hinge_ranking_loss: weights must have shape ({n},); "
-                     f"got {jnp.shape(weights)}.")
-  return jnp.sum(weights * per) / jnp.maximum(jnp.sum(weights), 1e-12)
+  return per
 
 
 def attribute_loss(attribute_logits: jax.Array, attribute_targets: jax.Array
                    ) -> jax.Array:
-  """Mean binary cross-entropy of per-attribute logits (DAP training).
+  """Binary cross-entropy of per-attribute logits (DAP training), averaged
+  over the attributes of each example.
 
   Each of the ``M`` attributes is its own binary classifier (Lampert et al.
   2009); targets are the attribute values of each example's class, in
@@ -103,7 +98,7 @@ def attribute_loss(attribute_logits: jax.Array, attribute_targets: jax.Array
     attribute_targets: ``(batch, M)`` targets in ``[0, 1]``.
 
   Returns:
-    The mean over examples and attributes, a scalar.
+    ``(batch,)`` per-example losses.
 
   Raises:
     ValueError: if the shapes differ or are not ``(batch, M)``.
@@ -116,4 +111,4 @@ def attribute_loss(attribute_logits: jax.Array, attribute_targets: jax.Array
                      f"{jnp.shape(attribute_targets)}.")
   return optax.sigmoid_binary_cross_entropy(
       attribute_logits, attribute_targets.astype(attribute_logits.dtype)
-  ).mean()
+  ).mean(-1)

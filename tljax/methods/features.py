@@ -7,7 +7,9 @@ frozen backbone once over the data, keep its outputs, and train only a new
 head on them. Since the backbone never changes, the head sees exactly the
 features it would see through the backbone, so training on the cache gives
 the same head (tested) at a fraction of the cost (``benchmarks/
-cached_features.py``).
+cached_features.py``). Keeping the features on disk between runs (keyed by
+a fingerprint of the parameters and the examples) is the drivers' job
+(:func:`tljax.drivers.common.feature_cache`).
 
   >>> import jax, jax.numpy as jnp, numpy as np
   >>> from tljax import models
@@ -21,16 +23,15 @@ cached_features.py``).
 
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import flax.linen as nn
-import jax
 import numpy as np
+import optax
 
+from tljax import evaluation
 from tljax import losses
-from tljax.methods import supervised
+from tljax.train import state as state_lib
 
 PyTree = Any
 
@@ -42,17 +43,8 @@ def extract_features(model: nn.Module, params: PyTree, x: np.ndarray, *,
   if x.ndim < 2 or len(x) == 0:
     raise ValueError(f"extract_features needs a non-empty batch of examples "
                      f"with the example axis first; got shape {x.shape}")
-  return supervised.predict(model, params, x, batch_size=batch_size,
+  return evaluation.predict(model, params, x, batch_size=batch_size,
                             method="features")
-
-
-def _fingerprint(params: PyTree, x: np.ndarray) -> str:
-  h = hashlib.sha1()
-  for leaf in jax.tree.leaves(params):
-    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-  h.update(np.ascontiguousarray(x).tobytes())
-  h.update(str(x.shape).encode())
-  return h.hexdigest()[:16]
 
 
 class FeatureCache:
@@ -75,30 +67,10 @@ class FeatureCache:
 
   @classmethod
   def build(cls, model: nn.Module, params: PyTree, x: np.ndarray, *,
-            workdir: str | None = None, name: str = "features",
             batch_size: int = 512) -> "FeatureCache":
-    """Runs the backbone once over ``x``, or loads the saved result.
-
-    With ``workdir`` the features are written to
-    ``<workdir>/features/<name>-<fingerprint>.npz`` (the fingerprint hashes
-    the parameters and the examples, so a changed backbone or data set never
-    reads stale features) and read back by later calls.
-    """
+    """Runs the backbone once over ``x`` (:func:`extract_features`)."""
     x = np.asarray(x, np.float32)
-    path = None
-    if workdir:
-      d = os.path.join(workdir, "features")
-      os.makedirs(d, exist_ok=True)
-      path = os.path.join(d, f"{name}-{_fingerprint(params, x)}.npz")
-      if os.path.exists(path):
-        with np.load(path) as f:
-          return cls(x, f["features"])
-    feats = extract_features(model, params, x, batch_size=batch_size)
-    if path:
-      tmp = f"{path}.{os.getpid()}.tmp.npz"
-      np.savez(tmp, features=feats)
-      os.replace(tmp, path)
-    return cls(x, feats)
+    return cls(x, extract_features(model, params, x, batch_size=batch_size))
 
   def lookup(self, x: np.ndarray) -> np.ndarray:
     """Features of examples that were cached; raises on unknown ones."""
@@ -127,16 +99,23 @@ def head_loss(params, state, batch, rng, *, model: nn.Module, axis_name=None):
   :func:`tljax.methods.supervised.classification_loss` on the inputs the
   features came from. Metrics: ``accuracy``.
   """
-  del state, rng, axis_name
+  del state, rng
   logits = model.apply({"params": params}, batch["features"],
                        method="logits_from_features")
-  loss = losses.cross_entropy(logits, batch["y"], batch.get("w"))
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+  loss = losses.weighted_mean(ce, batch.get("w"), axis_name=axis_name)
   return loss, {"accuracy": losses.accuracy(logits, batch["y"])}
 
 
 def head_accuracy(model: nn.Module, params: PyTree, features: np.ndarray,
                   y: np.ndarray) -> float:
   """Accuracy of the head ``params['head']`` on cached features."""
-  logits = supervised.predict(model, head_params(params), features,
+  logits = evaluation.predict(model, head_params(params), features,
                               method="logits_from_features")
   return float(np.mean(logits.argmax(-1) == np.asarray(y)))
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation):
+  """The step of :func:`head_loss`: trains ``{'head': ...}`` on cached
+  features."""
+  return state_lib.loss_step(head_loss, tx, model=model)

@@ -30,9 +30,11 @@ Everything is pytree arithmetic on the :mod:`tljax.params` rule lists:
   (``source_head``) and ``state.extra['source_params']`` the frozen source
   model whose outputs it must keep.
 
+:func:`make_step` gives the step of either loss (or of plain fine-tuning).
 Many short runs (label budgets x strategies x seeds) go through
-:class:`tljax.train.lean.LeanTrainer`, which compiles a step once and reuses it for every
-run with the same shapes.
+:class:`tljax.train.Trainer`, which compiles a step once and reuses it for
+every run with the same shapes; the sweep that compares the strategies is
+:mod:`tljax.drivers.transfer_report`.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ from typing import Any, Callable, Sequence
 import flax
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tljax import losses
 from tljax import params as params_lib
 from tljax.methods import supervised
-from tljax.train import lean
+from tljax.train import state as state_lib
+from tljax.train import trainer as trainer_lib
 
 PyTree = Any
 
@@ -228,16 +233,19 @@ def lwf_loss(params, state, batch, rng, *, model: nn.Module,
   inputs; the current trunk with the trainable ``params['source_head']``
   gives the new ones. Metrics: ``accuracy``, ``ce``, ``lwf``.
   """
-  del rng, axis_name
+  del rng
   x = batch["x"]
   h = model.apply({"params": params}, x, train=True, method="features")
   logits = model.apply({"params": params}, h, method="logits_from_features")
-  ce = losses.cross_entropy(logits, batch["y"], batch.get("w"))
+  ce = losses.weighted_mean(
+      optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
+      batch.get("w"), axis_name=axis_name)
   old = source_model.apply(
       {"params": {"head": params["source_head"]}}, h,
       method="logits_from_features")
   recorded = source_model.apply({"params": state.extra["source_params"]}, x)
-  penalty = losses.lwf_penalty(old, recorded, temperature=temperature)
+  penalty = jnp.mean(losses.lwf_penalty(old, recorded,
+                                        temperature=temperature))
   return ce + weight * penalty, {"accuracy": losses.accuracy(logits,
                                                              batch["y"]),
                                  "ce": ce, "lwf": penalty}
@@ -246,7 +254,8 @@ def lwf_loss(params, state, batch, rng, *, model: nn.Module,
 def train_in_stages(params: PyTree, stages, *, make_step: Callable,
                     make_tx: Callable, arrays: dict[str, np.ndarray],
                     batch_size: int, seed: int, rng: jax.Array,
-                    extra: PyTree | None = None, trainers: dict | None = None):
+                    extra: PyTree | None = None, trainers: dict | None = None,
+                    parallel: str = "auto"):
   """Trains through ``[(steps, lr_rules), ...]`` with a fresh optimizer each.
 
   Used for gradual unfreezing (:func:`gradual_unfreezing_stages`). The
@@ -256,12 +265,14 @@ def train_in_stages(params: PyTree, stages, *, make_step: Callable,
   Args:
     params: initial parameters.
     stages: ``[(num_steps, lr_rules), ...]``.
-    make_step: ``make_step(tx) -> step`` (e.g. a partial of ``train_step``).
+    make_step: ``make_step(tx) -> step`` (e.g. :func:`make_step` with the
+      model bound).
     make_tx: ``make_tx(params, lr_rules) -> optax.GradientTransformation``.
     arrays, batch_size, seed, rng: the data and randomness.
     extra: ``state.extra`` (e.g. ``source_params``).
-    trainers: a dict to cache the compiled :class:`tljax.train.lean.LeanTrainer` of each
-      stage across calls (keyed by stage index).
+    trainers: a dict to cache the compiled :class:`tljax.train.Trainer` of
+      each stage across calls (keyed by stage index).
+    parallel: the trainers' parallel mode.
 
   Returns:
     ``(params, metrics of the last step)``.
@@ -271,10 +282,25 @@ def train_in_stages(params: PyTree, stages, *, make_step: Callable,
   for i, (steps, rules) in enumerate(stages):
     if i not in trainers:
       tx = make_tx(params, rules)
-      trainers[i] = lean.LeanTrainer(make_step(tx), tx=tx)
+      trainers[i] = trainer_lib.Trainer(make_step(tx), tx, parallel=parallel)
     state, metrics = trainers[i].train_from(
         params, arrays, batch_size=batch_size, num_steps=steps, seed=seed,
         rng=rng, extra=extra, start_step=done)
     params, done = state.params, done + steps
   return params, metrics
 
+
+LOSSES = {"finetune": supervised.classification_loss, "l2_sp": l2_sp_loss,
+          "lwf": lwf_loss}
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              loss: str = "finetune", **loss_kwargs):
+  """The step of one fine-tuning loss: ``finetune`` (plain cross-entropy),
+  ``l2_sp`` (:func:`l2_sp_loss`, needs ``shared_mask``) or ``lwf``
+  (:func:`lwf_loss`, needs ``source_model``); ``loss_kwargs`` are that
+  loss's settings."""
+  if loss not in LOSSES:
+    raise ValueError(f"unknown fine-tuning loss {loss!r}; choose one of "
+                     f"{sorted(LOSSES)}")
+  return state_lib.loss_step(LOSSES[loss], tx, model=model, **loss_kwargs)

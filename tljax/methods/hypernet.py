@@ -15,7 +15,7 @@ cosine-similarity classifier and learnable scale of Gidaris & Komodakis
 the episode's other classes, so the head it writes depends on the whole
 support set. Its last layer starts at zero, so an untrained generator
 writes the class means (a cosine prototype classifier); training
-episodically (:func:`loss_fn` over meta-batches of N-way K-shot episodes)
+episodically (:func:`hypernet_loss` over meta-batches of N-way K-shot episodes)
 learns ``f``, ``phi`` and ``tau`` together. At test time the head for new
 classes comes from one forward pass, without gradient steps.
 
@@ -37,9 +37,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from tljax import losses
+from tljax.data import episodes
 from tljax.methods import protonet
+from tljax.train import state as state_lib
 
 
 def _unit(v: jax.Array) -> jax.Array:
@@ -97,27 +100,29 @@ def episode_logits(model: HyperNetLearner, params, episode: dict):
                      episode["support_y"], episode["query_x"])
 
 
-def loss_fn(params, state, batch, rng, *, model: HyperNetLearner,
-            axis_name: str | None = None):
+def hypernet_loss(params, state, batch, rng, *, model: HyperNetLearner,
+                  axis_name: str | None = None):
   """Mean query cross-entropy over a meta-batch of episodes (leading task
   axis); metrics ``accuracy`` and ``scale``."""
   del state, rng, axis_name
 
   def one(ep):
     logits = episode_logits(model, params, ep)
-    return (losses.cross_entropy(logits, ep["query_y"]),
-            losses.accuracy(logits, ep["query_y"]))
+    return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]))
 
-  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                               "query_y")}
-  ce, acc = jax.vmap(one)(eps)
+  ce, acc = jax.vmap(one)(episodes.task_arrays(batch))
   return ce.mean(), {"accuracy": acc.mean(), "scale": params["scale"]}
 
 
-def episode_accuracies(model: HyperNetLearner, params, batch: dict
+def make_step(model: HyperNetLearner, tx: optax.GradientTransformation):
+  """The step of :func:`hypernet_loss`."""
+  return state_lib.loss_step(hypernet_loss, tx, model=model)
+
+
+def episode_accuracies(params, batch: dict, *, model: HyperNetLearner
                        ) -> jax.Array:
   """Per-episode query accuracy of a meta-batch, ``(tasks,)``."""
-  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                               "query_y")}
   return jax.vmap(lambda ep: losses.accuracy(
-      episode_logits(model, params, ep), ep["query_y"]))(eps)
+      episode_logits(model, params, ep), ep["query_y"]))(
+          episodes.task_arrays(batch))

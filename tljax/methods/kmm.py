@@ -73,11 +73,6 @@ def project_box_sum(v: jax.Array, upper: float, lo: float, hi: float, *,
   return jnp.where((s >= lo) & (s <= hi), clipped, projected)
 
 
-def kmm_objective(beta, k, kappa):
-  """``1/2 beta^T K beta - kappa^T beta``."""
-  return 0.5 * beta @ (k @ beta) - kappa @ beta
-
-
 @functools.partial(jax.jit, static_argnames=("max_iter",))
 def _solve(k, kappa, upper, lo, hi, *, max_iter: int):
   lip = jnp.maximum(jnp.max(jnp.sum(jnp.abs(k), axis=1)), 1e-12)

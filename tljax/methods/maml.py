@@ -34,9 +34,12 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from tljax import losses
 from tljax import params as params_lib
+from tljax.data import episodes
+from tljax.train import state as state_lib
 
 PyTree = Any
 KINDS = ("classification", "regression")
@@ -45,7 +48,7 @@ KINDS = ("classification", "regression")
 def task_loss(kind: str, out: jax.Array, y: jax.Array) -> jax.Array:
   """Cross-entropy (integer labels) or mean squared error."""
   if kind == "classification":
-    return losses.cross_entropy(out, y)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
   if kind == "regression":
     if out.shape != y.shape:
       raise ValueError(f"regression outputs {out.shape} and targets {y.shape} "
@@ -123,10 +126,10 @@ def _task_metrics(kind, out, y):
   return loss, acc
 
 
-def loss_fn(params, state, batch, rng, *, model: nn.Module, kind: str,
-            inner_lr=0.01, inner_steps: int | None = 1,
-            first_order: bool = False, inner_rules=None,
-            axis_name: str | None = None):
+def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
+              inner_lr=0.01, inner_steps: int | None = 1,
+              first_order: bool = False, inner_rules=None,
+              axis_name: str | None = None):
   """The MAML meta-loss of a meta-batch (leading task axis): mean query loss
   after adapting on each task's support set. Metrics: ``pre_query_loss``
   (before adaptation) and, for classification, ``accuracy``."""
@@ -143,9 +146,7 @@ def loss_fn(params, state, batch, rng, *, model: nn.Module, kind: str,
                     task["query_y"])
     return post, pre
 
-  tasks = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                                 "query_y")}
-  (loss, acc), pre = jax.vmap(one)(tasks)
+  (loss, acc), pre = jax.vmap(one)(episodes.task_arrays(batch))
   metrics = {"pre_query_loss": jax.lax.stop_gradient(pre.mean())}
   if kind == "classification":
     metrics["accuracy"] = acc.mean()
@@ -175,9 +176,45 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
         kind, model.apply({"params": p}, task["query_x"]),
         task["query_y"]))(path)
 
-  tasks = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                                 "query_y")}
-  return jax.vmap(one)(tasks)
+  return jax.vmap(one)(episodes.task_arrays(batch))
+
+
+def episode_accuracies(params: PyTree, batch: dict, *, model: nn.Module,
+                       inner_lr=0.01, inner_steps: int | None = 10,
+                       inner_rules=None) -> jax.Array:
+  """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` SGD steps
+  on each episode's support set (classification)."""
+  return adaptation_curve(params, batch, model=model, kind="classification",
+                          inner_lr=inner_lr, inner_steps=inner_steps,
+                          inner_rules=inner_rules)[1][:, -1]
+
+
+def joint_regression_loss(params, state, batch, rng, *, model: nn.Module,
+                          axis_name=None):
+  """MSE on every point of every task of a meta-batch, as one data set: the
+  "pretrained on all tasks jointly" baseline of Finn et al. (2017), which
+  is then fine-tuned on each task as MAML is (:func:`adaptation_curve`)."""
+  del state, rng, axis_name
+  x = jnp.concatenate([batch["support_x"], batch["query_x"]], 1)
+  y = jnp.concatenate([batch["support_y"], batch["query_y"]], 1)
+  out = model.apply({"params": params}, x.reshape((-1,) + x.shape[2:]))
+  loss = task_loss("regression", out, y.reshape((-1,) + y.shape[2:]))
+  return loss, {}
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              kind: str, joint: bool = False, **maml_kwargs):
+  """The step of :func:`maml_loss` (``maml_kwargs``: ``inner_lr``,
+  ``inner_steps``, ``first_order``, ``inner_rules``), or with
+  ``joint=True`` of the jointly pretrained regression baseline
+  (:func:`joint_regression_loss`)."""
+  if joint:
+    if kind != "regression" or maml_kwargs:
+      raise ValueError("the joint baseline is a regression model with no "
+                       "inner-loop settings")
+    return state_lib.loss_step(joint_regression_loss, tx, model=model)
+  return state_lib.loss_step(maml_loss, tx, model=model, kind=kind,
+                             **maml_kwargs)
 
 
 def check_config(kind: str, inner_steps: int, inner_lr) -> None:

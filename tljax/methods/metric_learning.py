@@ -6,9 +6,9 @@ One shared embedding net (:class:`EmbeddingNet`, parameters ``backbone`` and
 maps inputs to vectors whose distances mean similarity:
 
 - Siamese networks (Bromley et al. 1993; Hadsell, Chopra & LeCun 2006):
-  :func:`contrastive_loss_fn` on pairs ``x1``, ``x2``, ``same``.
+  :func:`contrastive_loss` on pairs ``x1``, ``x2``, ``same``.
 - Triplet networks (Schroff et al. 2015, "FaceNet"; Hermans et al. 2017):
-  :func:`triplet_loss_fn` on class-balanced batches ``x``, ``y`` with
+  :func:`triplet_loss` on class-balanced batches ``x``, ``y`` with
   in-batch mining (``all`` / ``hard`` / ``semi_hard``). Under ``pmap`` the
   embeddings of all devices are gathered (``lax.all_gather(..., tiled=True)``)
   so mining sees the global batch; every device computes the global loss,
@@ -16,44 +16,34 @@ maps inputs to vectors whose distances mean similarity:
   ``pmean`` gives exactly the global-batch gradient (tested). Under ``jit``
   over a mesh the step already sees the global batch.
 
-Both are ``loss_fn``\\ s for :func:`tljax.train.state.train_step`:
+Both losses have the step shape; :func:`make_step` binds either:
 
-  >>> import functools, jax, optax
+  >>> import jax, optax
   >>> from tljax import models
-  >>> from tljax.train import state as state_lib
   >>> model = EmbeddingNet(models.MLP((32,)), dim=8)
-  >>> params = model.init(jax.random.key(0), jax.numpy.zeros((1, 10)))['params']
-  >>> tx = optax.adam(1e-3)
-  >>> step = functools.partial(state_lib.train_step, tx=tx,
-  ...     loss_fn=functools.partial(triplet_loss_fn, model=model,
-  ...                               mining='semi_hard'))
+  >>> params = models.init_params(model, (10,), 0)
+  >>> step = make_step(model, optax.adam(1e-3), loss='triplet',
+  ...                  mining='semi_hard')
 
 Evaluation: :func:`recall_at_k` (k-NN retrieval, leave-one-out) and
-:func:`verification_auc` (same/different ROC-AUC over pairs).
+:func:`verification_auc` (same/different ROC-AUC over pairs). The
+experiment is :mod:`tljax.drivers.metric` (``experiments/metric.py``).
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import time
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from tljax import data as data_lib
+from tljax import evaluation
 from tljax import losses
 from tljax import models
 from tljax import ops
-from tljax import optim
-from tljax import params as params_lib
-from tljax.data import episodes
-from tljax.methods import supervised
-from tljax.train import checkpoint
-from tljax.train import loop
 from tljax.train import state as state_lib
 
 PyTree = Any
@@ -87,9 +77,9 @@ def _embed(model, params, x):
   return model.apply({"params": params}, x, train=True)
 
 
-def triplet_loss_fn(params, state, batch, rng, *, model: nn.Module,
-                    margin: float = 0.2, mining: str = "all",
-                    distance: str = "l2", axis_name: str | None = None):
+def triplet_loss(params, state, batch, rng, *, model: nn.Module,
+                 margin: float = 0.2, mining: str = "all",
+                 distance: str = "l2", axis_name: str | None = None):
   """Triplet loss of ``model``'s embeddings of ``batch['x']`` (labels
   ``batch['y']``), mined over the global batch; see the module docstring."""
   del state, rng
@@ -103,9 +93,9 @@ def triplet_loss_fn(params, state, batch, rng, *, model: nn.Module,
   return loss, {"embedding_norm": jnp.linalg.norm(emb, axis=-1).mean()}
 
 
-def contrastive_loss_fn(params, state, batch, rng, *, model: nn.Module,
-                        pos_margin: float = 0.0, neg_margin: float = 1.0,
-                        distance: str = "l2", axis_name: str | None = None):
+def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
+                     pos_margin: float = 0.0, neg_margin: float = 1.0,
+                     distance: str = "l2", axis_name: str | None = None):
   """Contrastive loss of a Siamese pair batch ``x1``, ``x2``, ``same``.
 
   Both inputs go through the one shared net in a single call. The loss is a
@@ -116,13 +106,27 @@ def contrastive_loss_fn(params, state, batch, rng, *, model: nn.Module,
   n = batch["x1"].shape[0]
   emb = _embed(model, params, jnp.concatenate([batch["x1"], batch["x2"]]))
   a, b = emb[:n], emb[n:]
-  loss = losses.contrastive_loss(a, b, batch["same"], pos_margin=pos_margin,
-                                 neg_margin=neg_margin, distance=distance)
+  loss = jnp.mean(losses.contrastive_loss(
+      a, b, batch["same"], pos_margin=pos_margin, neg_margin=neg_margin,
+      distance=distance))
   d = jnp.linalg.norm(a - b, axis=-1)
   same = batch["same"].astype(bool)
   mean_d = lambda m: jnp.sum(jnp.where(m, d, 0.0)) / jnp.maximum(  # noqa: E731
       jnp.sum(m), 1)
   return loss, {"dist_same": mean_d(same), "dist_diff": mean_d(~same)}
+
+
+LOSSES = {"triplet": triplet_loss, "contrastive": contrastive_loss}
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              loss: str = "triplet", **loss_kwargs):
+  """The step of :func:`triplet_loss` (``loss='triplet'``; ``margin``,
+  ``mining``, ``distance``) or :func:`contrastive_loss`
+  (``loss='contrastive'``; ``pos_margin``, ``neg_margin``, ``distance``)."""
+  if loss not in LOSSES:
+    raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+  return state_lib.loss_step(LOSSES[loss], tx, model=model, **loss_kwargs)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -180,19 +184,19 @@ def verification_auc(embeddings, labels, *, distance: str = "l2",
   return float(metrics.roc_auc_score(same, -d[i, j]))
 
 
-def evaluate(model: nn.Module, params: PyTree, dataset: data_lib.Dataset, *,
+def evaluate(model: nn.Module, params: PyTree, dataset, *,
              ks: Sequence[int] = (1, 5), distance: str = "l2"
              ) -> dict[str, float]:
   """Recall@k and verification AUC of ``model``'s embeddings on
   ``dataset`` (held-out classes)."""
   dataset.require_labels(int(dataset.y.max()) + 1)
-  emb = supervised.predict(model, params, dataset.x)
+  emb = evaluation.predict(model, params, dataset.x)
   out = recall_at_k(emb, dataset.y, ks, distance=distance)
   out["auc"] = verification_auc(emb, dataset.y, distance=distance)
   return out
 
 
-def raw_input_baseline(dataset: data_lib.Dataset, *, ks: Sequence[int] = (1, 5)
+def raw_input_baseline(dataset, *, ks: Sequence[int] = (1, 5)
                        ) -> dict[str, float]:
   """The same metrics on flattened raw inputs (l2), the no-learning
   baseline."""
@@ -200,75 +204,3 @@ def raw_input_baseline(dataset: data_lib.Dataset, *, ks: Sequence[int] = (1, 5)
   out = recall_at_k(x, dataset.y, ks)
   out["auc"] = verification_auc(x, dataset.y)
   return out
-
-
-# ---------------------------------------------------------------- experiment
-def train_and_evaluate(config, workdir: str) -> dict[str, float]:
-  """Trains a triplet or Siamese embedding on some classes and evaluates
-  retrieval (recall@k) and verification (AUC) on held-out classes of the test
-  split, beside the raw-input baseline.
-
-  Writes ``metrics.jsonl``, checkpoints, ``params/`` and ``results.json``
-  (``metrics``: ``recall@1``, ``recall@5``, ``auc``, ``raw_recall@1``, ...).
-  """
-  t0 = time.time()
-  if config.loss not in ("triplet", "contrastive"):
-    raise ValueError(f"loss must be 'triplet' or 'contrastive', got "
-                     f"{config.loss!r}")
-  train_classes = list(config.train_classes)
-  test_classes = list(config.test_classes)
-  if set(train_classes) & set(test_classes):
-    raise ValueError(f"train_classes {train_classes} and test_classes "
-                     f"{test_classes} overlap; held-out classes must be "
-                     "disjoint from the training classes.")
-  kw = dict(seed=config.seed, data_dir=config.get("data_dir") or None,
-            relabel=False)
-  train = data_lib.load(config.data, "train", classes=train_classes, **kw)
-  held_out = data_lib.load(config.data, "test", classes=test_classes, **kw)
-  model = build_embedding_net(config.model, train.example_shape,
-                              dim=config.embedding_dim,
-                              normalize=config.normalize)
-  params = supervised.init_params(model, train.example_shape, config.seed)
-  if config.init_from:
-    params = params_lib.merge_params(checkpoint.load_params(config.init_from),
-                                     params, dont_load=tuple(config.dont_load))
-  tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
-  state = state_lib.create_train_state(params, tx)
-  if config.loss == "triplet":
-    loss_fn = functools.partial(triplet_loss_fn, model=model,
-                                margin=config.margin, mining=config.mining,
-                                distance=config.distance)
-    batches_from = lambda s: episodes.class_balanced_batches(  # noqa: E731
-        train, classes_per_batch=config.classes_per_batch,
-        examples_per_class=config.examples_per_class, seed=config.seed,
-        start_step=s)
-  else:
-    loss_fn = functools.partial(contrastive_loss_fn, model=model,
-                                pos_margin=config.pos_margin,
-                                neg_margin=config.neg_margin,
-                                distance=config.distance)
-    batches_from = lambda s: episodes.pair_batches(  # noqa: E731
-        train, config.classes_per_batch * config.examples_per_class,
-        seed=config.seed, start_step=s)
-  step = functools.partial(state_lib.train_step, loss_fn=loss_fn, tx=tx)
-  ks = tuple(config.recall_ks)
-  eval_fn = lambda p: evaluate(model, p, held_out, ks=ks,  # noqa: E731
-                               distance=config.distance)
-  state, last = loop.fit(
-      state, step, batches_from, num_steps=config.num_steps,
-      rng=jax.random.key(config.seed), workdir=workdir, eval_fn=eval_fn,
-      eval_every=config.eval_every, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every,
-      parallel_mode=config.parallel)
-  metrics = evaluate(model, state.params, held_out, ks=ks,
-                     distance=config.distance)
-  metrics.update({f"raw_{k}": v
-                  for k, v in raw_input_baseline(held_out, ks=ks).items()})
-  metrics["final_loss"] = last.get("loss", float("nan"))
-  metrics["held_out_examples"] = len(held_out)
-  metrics["wall_seconds"] = time.time() - t0
-  checkpoint.save_params(os.path.join(workdir, "params"), state.params)
-  loop.write_results(workdir, metrics, config)
-  loop.say("results: " + "  ".join(f"{k} {v:.4f}" for k, v in
-                                    metrics.items()))
-  return metrics

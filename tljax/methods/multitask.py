@@ -16,29 +16,24 @@ auxiliary one on the same examples); labels are ``batch['y_<task>']``.
   >>> sorted(params)
   ['backbone', 'head_a', 'head_b']
 
-:func:`train_and_evaluate` runs ``experiments/multitask.py``: a source and
-a target task trained jointly, against the target task alone.
+The experiment (``experiments/multitask.py``, :mod:`tljax.drivers.multitask`)
+trains a source and a target task jointly, against the target task alone.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from typing import Sequence
 
 import flax.linen as nn
-import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from tljax import data as data_lib
+from tljax import evaluation
 from tljax import losses
-from tljax import models
-from tljax import optim
-from tljax.methods import supervised
-from tljax.train import loop
 from tljax.train import state as state_lib
-from tljax.train import lean
+from tljax.train import trainer as trainer_lib
 
 
 class MultiTaskModel(nn.Module):
@@ -101,7 +96,7 @@ def multitask_loss(params, state, batch, rng, *, model: MultiTaskModel,
   for task, w in weights:
     x, y = _task_inputs(batch, task)
     logits = model.apply({"params": params}, x, task=task, train=True)
-    ce = losses.cross_entropy(logits, y)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     metrics[f"loss_{task}"] = ce
     metrics[f"accuracy_{task}"] = losses.accuracy(logits, y)
     total = total + w * ce
@@ -111,14 +106,14 @@ def multitask_loss(params, state, batch, rng, *, model: MultiTaskModel,
 def task_batches(task_arrays: dict[str, dict[str, np.ndarray]],
                  batch_size: int, num_steps: int, *, seed: int,
                  start_step: int = 0) -> dict[str, np.ndarray]:
-  """Stacked batches (see :func:`tljax.train.lean.stack_batches`) of
+  """Stacked batches (see :func:`tljax.train.stack_batches`) of
   every task, keyed ``x_<task>``, ``y_<task>``; each task is shuffled on its
   own, so tasks of different sizes cycle at their own pace."""
   out = {}
   for i, (task, arrays) in enumerate(sorted(task_arrays.items())):
-    stacked = lean.stack_batches(arrays, batch_size, num_steps,
-                                     seed=seed * 1000 + i,
-                                     start_step=start_step)
+    stacked = trainer_lib.stack_batches(arrays, batch_size, num_steps,
+                                        seed=seed * 1000 + i,
+                                        start_step=start_step)
     out.update({f"{k}_{task}": v for k, v in stacked.items()})
   return out
 
@@ -137,88 +132,17 @@ def predict_task(model: MultiTaskModel, params, x: np.ndarray, task: str
                  ) -> np.ndarray:
   """Logits of one task's head over ``x`` (fixed-size batches, one
   compilation per task)."""
-  return supervised.predict(model, params, x, method=_task_method(task))
+  return evaluation.predict(model, params, x, method=_task_method(task))
 
 
-def _eval(model, params, task, ds) -> float:
-  return float(np.mean(predict_task(model, params, ds.x, task).argmax(-1)
-                       == ds.y))
+def task_accuracy(model: MultiTaskModel, params, task: str, x: np.ndarray,
+                  y: np.ndarray) -> float:
+  """Accuracy of one task's head on ``(x, y)``."""
+  return float(np.mean(predict_task(model, params, x, task).argmax(-1) == y))
 
 
-QUICK = dict(num_steps=6, batch_size=16, seeds=2, eval_examples=200)
-
-
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Source and target tasks jointly vs the target task alone.
-
-  Writes ``results.json`` with, per mode (``joint``, ``target_only``), the
-  target test accuracy (mean, std, runs over seeds) and, for ``joint``, the
-  source task's test accuracy too.
-  """
-  t0 = time.time()
-  c = ml_collections.ConfigDict(config.to_dict())
-  if c.quick:
-    c.update(QUICK)
-    c.model = ml_collections.ConfigDict({"name": "mlp", "features": (16,)})
-  if c.seeds < 1:
-    raise ValueError(f"seeds must be >= 1, got {c.seeds}")
-  kw = dict(data_dir=c.data_dir or None)
-  source = data_lib.load(c.source, "train", seed=c.seed, **kw).require_labels()
-  target_all = data_lib.load(c.target, "train", seed=c.seed,
-                             **kw).require_labels()
-  n_eval = c.eval_examples or None
-  tests = {"source": data_lib.load(c.source, "test", seed=c.seed,
-                                   num_examples=n_eval, **kw),
-           "target": data_lib.load(c.target, "test", seed=c.seed,
-                                   num_examples=n_eval, **kw)}
-  if source.example_shape != target_all.example_shape:
-    raise ValueError(f"source {c.source!r} examples have shape "
-                     f"{source.example_shape}, target {c.target!r} "
-                     f"{target_all.example_shape}; one trunk needs one input "
-                     "shape.")
-  model = MultiTaskModel(models.backbone_from_config(c.model,
-                                                     source.example_shape),
-                         tasks=(("source", source.num_classes),
-                                ("target", target_all.num_classes)))
-  modes = {"joint": (("source", c.source_weight), ("target", 1.0)),
-           "target_only": (("target", 1.0),)}
-  init = lean.compiled_init(model, source.example_shape)
-  params0 = init(jax.random.key(0))
-  tx = optim.make_optimizer(params0, learning_rate=c.learning_rate)
-  trainers = {m: lean.LeanTrainer(functools.partial(
-      state_lib.train_step, tx=tx, loss_fn=functools.partial(
-          multitask_loss, model=model, weights=w))) for m, w in modes.items()}
-  budget = c.labels_per_class if c.labels_per_class > 0 else None
-  runs = {m: {"target": [], "source": []} for m in modes}
-  for i in range(c.seeds):
-    seed = c.seed + i
-    target = data_lib.load(c.target, "train", seed=seed,
-                           labels_per_class=budget, **kw)
-    params = init(jax.random.key(1_000_003 + seed))
-    for mode, trainer in trainers.items():
-      tasks = {"target": target.arrays()}
-      if mode == "joint":
-        tasks["source"] = source.arrays()
-      batches = task_batches(tasks, c.batch_size, c.num_steps, seed=seed)
-      state, _ = trainer.run_stacked(
-          state_lib.create_train_state(params, tx), batches,
-          jax.random.key(seed))
-      for task in ("target", "source") if mode == "joint" else ("target",):
-        runs[mode][task].append(_eval(model, state.params, task, tests[task]))
-  metrics = {}
-  for mode, per_task in runs.items():
-    for task, r in per_task.items():
-      if r:
-        metrics[f"{mode}/{task}_accuracy"] = lean.summarize(r)
-  gain = (metrics["joint/target_accuracy"]["mean"]
-          - metrics["target_only/target_accuracy"]["mean"])
-  metrics["joint_gain_on_target"] = gain
-  metrics["wall_seconds"] = time.time() - t0
-  loop.write_results(workdir, metrics, c)
-  j, t = metrics["joint/target_accuracy"], metrics["target_only/target_accuracy"]
-  loop.say(f"target {c.target} ({budget or 'all'} labels/class): joint with "
-           f"{c.source} {100 * j['mean']:.1f} ± {100 * j['std']:.1f}%, alone "
-           f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}%; source task "
-           f"{100 * metrics['joint/source_accuracy']['mean']:.1f}% "
-           f"({c.seeds} seeds, {time.time() - t0:.0f}s)")
-  return metrics
+def make_step(model: MultiTaskModel, tx: optax.GradientTransformation, *,
+              weights: Sequence[tuple[str, float]]):
+  """The step of :func:`multitask_loss` with the task ``weights``."""
+  return state_lib.loss_step(multitask_loss, tx, model=model,
+                             weights=tuple(weights))

@@ -9,9 +9,9 @@ Training minimises the query cross-entropy over episodes of the meta-train
 classes; nothing is fine-tuned at test time.
 
 With a fixed embedding (e.g. a classifier's backbone pretrained on the
-meta-train classes), the same :func:`episode_logits` is the nearest-centroid
-baseline (Mensink et al. 2013; Chen et al. 2019, "A Closer Look at Few-shot
-Classification").
+meta-train classes, or the raw inputs), the same :func:`episode_logits` is
+the nearest-centroid baseline (Mensink et al. 2013; Chen et al. 2019, "A
+Closer Look at Few-shot Classification"): :func:`centroid_accuracies`.
 
   >>> import jax.numpy as jnp
   >>> emb = jnp.array([[0., 0.], [2., 0.], [0., 4.]])
@@ -26,9 +26,12 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from tljax import losses
 from tljax import ops
+from tljax.data import episodes
+from tljax.train import state as state_lib
 
 PyTree = Any
 
@@ -81,9 +84,9 @@ def model_embed_fn(model: nn.Module, params: PyTree, *,
   return lambda x: model.apply({"params": params}, x, method=method)
 
 
-def loss_fn(params, state, batch, rng, *, model: nn.Module, n_way: int,
-            distance: str = "squared_l2", method: str | None = None,
-            axis_name: str | None = None):
+def protonet_loss(params, state, batch, rng, *, model: nn.Module,
+                  n_way: int, distance: str = "squared_l2",
+                  method: str | None = None, axis_name: str | None = None):
   """Mean query cross-entropy over a meta-batch of episodes (leading task
   axis, from :class:`tljax.data.episodes.EpisodeSampler`); metric
   ``accuracy``. Tasks are independent, so ``train_step``'s ``pmean`` over
@@ -93,20 +96,35 @@ def loss_fn(params, state, batch, rng, *, model: nn.Module, n_way: int,
 
   def one(ep):
     logits = episode_logits(embed, ep, n_way, distance=distance)
-    return (losses.cross_entropy(logits, ep["query_y"]),
-            losses.accuracy(logits, ep["query_y"]))
+    return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]))
 
-  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                               "query_y")}
-  ce, acc = jax.vmap(one)(eps)
+  ce, acc = jax.vmap(one)(episodes.task_arrays(batch))
   return ce.mean(), {"accuracy": acc.mean()}
 
 
-def episode_accuracies(embed_fn, batch: dict, n_way: int, *,
-                       distance: str = "squared_l2") -> jax.Array:
-  """Per-episode query accuracy of a meta-batch, ``(tasks,)``."""
-  eps = {k: batch[k] for k in ("support_x", "support_y", "query_x",
-                               "query_y")}
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              n_way: int, distance: str = "squared_l2",
+              method: str | None = None):
+  """The step of :func:`protonet_loss`."""
+  return state_lib.loss_step(protonet_loss, tx, model=model, n_way=n_way,
+                             distance=distance, method=method)
+
+
+def centroid_accuracies(embed_fn, batch: dict, n_way: int, *,
+                        distance: str = "squared_l2") -> jax.Array:
+  """Per-episode query accuracy ``(tasks,)`` of nearest class centroid in
+  the space of any embedding function (``lambda x: x.reshape(len(x), -1)``
+  for raw inputs)."""
   return jax.vmap(lambda ep: losses.accuracy(
       episode_logits(embed_fn, ep, n_way, distance=distance),
-      ep["query_y"]))(eps)
+      ep["query_y"]))(episodes.task_arrays(batch))
+
+
+def episode_accuracies(params, batch: dict, *, model: nn.Module, n_way: int,
+                       distance: str = "squared_l2",
+                       method: str | None = None) -> jax.Array:
+  """Per-episode query accuracy ``(tasks,)`` of the prototypical network
+  (``model``'s embedding, or its ``method``, e.g. ``'features'``)."""
+  return centroid_accuracies(model_embed_fn(model, params, method=method),
+                             batch, n_way, distance=distance)

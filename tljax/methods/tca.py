@@ -33,18 +33,12 @@ scales to any ``n`` (``X^T L X`` is the outer product of the mean difference).
 Its regularizer is ``mu ||A||^2`` rather than ``mu ||W||^2``, so it is not
 numerically the same embedding as ``kernel="linear"``.
 
-Memory and time, measured with ``nice python benchmarks/domain_adaptation.py
---tca_memory=1000,2000,4000,8000,12000,16000 --timeout=1200`` (rbf kernel,
-20 features, fit + transform, on this 2-core machine shared with other jobs;
-table in ``docs/results_domain_adaptation.md``): the kernel forms hold about
-six ``n x n`` float32 matrices at the peak, about 25 bytes per ``n^2``
-(1.6 GB above the process's baseline at n = 8,000, 3.4 GB at 12,000, 6.0 GB
-at 16,000); the time grows as ``n^3`` (``eigh``): 9 s at n = 4,000, 106 s
-at 8,000, 277 s at 12,000 and 366 s at 16,000, the largest n run here.
-With about 20 GB free, memory would allow n of about 28,000 (extrapolated,
-not run), where the ``n^3`` time would be over half an hour on 2 cores.
-Subsample (``tca.max_examples`` in the experiment config, 1,000 per domain
-by default) or use ``kernel="primal"`` (``d x d`` matrices) for more points.
+Memory: the kernel forms hold about six ``n x n`` float32 matrices at the
+peak (about 25 bytes per ``n^2``: 1.6 GB at n = 8,000) and their time grows
+as ``n^3`` (``eigh``); measurements are in
+``docs/results_domain_adaptation.md``. Subsample (``tca.max_examples`` in
+the experiment config) or use ``kernel="primal"`` (``d x d`` matrices) for
+more points.
 
   >>> import numpy as np
   >>> rng = np.random.default_rng(0)
@@ -246,11 +240,6 @@ class TCA:
     return np.concatenate(out) if out else np.zeros((0, w.shape[1]),
                                                     np.float32)
 
-  def fit_transform(self, xs, xt) -> tuple[np.ndarray, np.ndarray]:
-    """``fit(xs, xt)`` then the embeddings of ``xs`` and ``xt``."""
-    self.fit(xs, xt)
-    return self.transform(xs), self.transform(xt)
-
 
 # ------------------------------------------------------------ classifiers
 def one_nn_predict(train_z, train_y, test_z, *, block: int = 2048
@@ -297,22 +286,20 @@ def classify(train_z, train_y, test_z, classifier: str = "1nn") -> np.ndarray:
   return CLASSIFIERS[classifier](train_z, train_y, test_z)
 
 
-def tca_accuracy(xs, ys, xt, yt, *, classifiers: Sequence[str] = ("1nn",),
-                 xt_eval=None, yt_eval=None, **tca_kwargs) -> dict:
-  """Fits TCA on ``(xs, xt)``, trains each classifier on the embedded source
-  and returns its target accuracy (on ``xt_eval`` if given, else ``xt``),
-  together with the same classifier's accuracy on the raw inputs.
+def embedding_accuracies(tca: "TCA", xs, ys, x_eval, y_eval, *,
+                         classifiers: Sequence[str] = ("1nn",)) -> dict:
+  """Accuracy on ``(x_eval, y_eval)`` of each classifier trained on the
+  fitted ``tca``'s embedding of the labelled source ``(xs, ys)``, and of the
+  same classifier on the raw inputs (the baseline TCA must beat).
 
   Returns:
     ``{'<clf>': acc, 'raw_<clf>': acc, ...}``.
   """
-  tca = TCA(**tca_kwargs).fit(xs, xt)
-  xe = xt if xt_eval is None else xt_eval
-  ye = np.asarray(yt if yt_eval is None else yt_eval)
-  zs, ze = tca.transform(xs), tca.transform(xe)
+  zs, ze = tca.transform(xs), tca.transform(x_eval)
+  ye = np.asarray(y_eval)
   out = {}
   for clf in classifiers:
     out[clf] = float(np.mean(classify(zs, ys, ze, clf) == ye))
     out[f"raw_{clf}"] = float(np.mean(
-        classify(_as_2d(xs, "xs"), ys, _as_2d(xe, "xt"), clf) == ye))
+        classify(_as_2d(xs, "xs"), ys, _as_2d(x_eval, "x_eval"), clf) == ye))
   return out

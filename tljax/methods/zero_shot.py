@@ -34,23 +34,18 @@ shape ``(num_classes, M)``; :func:`class_attributes`).
 
 from __future__ import annotations
 
-import functools
-import os
-import time
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tljax import data as data_lib
+from tljax import evaluation
 from tljax import losses
 from tljax import models
-from tljax import optim
-from tljax.methods import supervised
-from tljax.train import lean
-from tljax.train import loop
 from tljax.train import state as state_lib
 
 PyTree = Any
@@ -96,27 +91,7 @@ def class_attributes(spec: str = "segments+loop", num_classes: int = 10
       a, names = np.concatenate([a, loop_col], 1), names + ("closed_loop",)
     return a, names
   if spec.startswith("npz:"):
-    path = spec[4:]
-    if not os.path.exists(path):
-      raise FileNotFoundError(
-          f"no class-description file at {path!r}; save one with "
-          "np.savez(path, attributes=A) with A of shape (num_classes, M).")
-    with np.load(path, allow_pickle=False) as f:
-      if "attributes" not in f:
-        raise ValueError(f"{path} has keys {sorted(f.keys())}; it needs "
-                         "'attributes' of shape (num_classes, M).")
-      a = np.asarray(f["attributes"], np.float32)
-      names = (tuple(str(n) for n in f["names"]) if "names" in f
-               else tuple(f"attr_{i}" for i in range(a.shape[-1])))
-    if a.ndim != 2 or a.shape[0] != num_classes:
-      raise ValueError(f"{path}: attributes must have shape ({num_classes}, "
-                       f"M), one row per class; got {a.shape}.")
-    if not np.all(np.isfinite(a)):
-      raise ValueError(f"{path}: attributes contain NaN or Inf.")
-    if len(names) != a.shape[1]:
-      raise ValueError(f"{path}: {len(names)} names for {a.shape[1]} "
-                       "attributes.")
-    return a, names
+    return data_lib.load_attributes(spec[4:], num_classes)
   raise ValueError(f"unknown class descriptions {spec!r}; use segments, "
                    "segments+loop or npz:<path>")
 
@@ -220,13 +195,13 @@ def build_model(method: str, model_config, example_shape, *,
                           normalize=normalize)
 
 
-def init_params(model: nn.Module, example_shape, num_attributes: int,
-                seed: int) -> PyTree:
-  x = jnp.zeros((1,) + tuple(example_shape), jnp.float32)
+def example_inputs(model: nn.Module, num_attributes: int) -> tuple:
+  """The inputs after ``x`` that ``model`` takes (for
+  :func:`tljax.models.init_params`): a class-attribute matrix for the
+  :class:`ZeroShotEmbedder`, nothing for the DAP classifier."""
   if isinstance(model, ZeroShotEmbedder):
-    a = jnp.zeros((2, num_attributes), jnp.float32)
-    return model.init(jax.random.key(seed), x, a)["params"]
-  return model.init(jax.random.key(seed), x)["params"]
+    return (jnp.zeros((2, num_attributes), jnp.float32),)
+  return ()
 
 
 # ----------------------------------------------------------------- losses
@@ -238,7 +213,7 @@ def dap_loss(params, state, batch, rng, *, model: nn.Module, axis_name=None):
   del rng, axis_name
   logits = model.apply({"params": params}, batch["x"], train=True)
   targets = state.extra["class_attributes"][batch["y"]]
-  loss = losses.attribute_loss(logits, targets)
+  loss = jnp.mean(losses.attribute_loss(logits, targets))
   acc = jnp.mean((logits > 0) == (targets > 0.5))
   return loss, {"attribute_accuracy": acc}
 
@@ -252,17 +227,25 @@ def embedding_loss(params, state, batch, rng, *, model: ZeroShotEmbedder,
   del rng, axis_name
   scores = model.apply({"params": params}, batch["x"],
                        state.extra["class_attributes"], train=True)
-  loss = losses.hinge_ranking_loss(scores, batch["y"], margin=margin,
-                                   reduction=reduction)
+  loss = jnp.mean(losses.hinge_ranking_loss(scores, batch["y"],
+                                            margin=margin,
+                                            reduction=reduction))
   return loss, {"accuracy": losses.accuracy(scores, batch["y"])}
 
 
-def create_train_state(params: PyTree, tx, seen_attributes
-                       ) -> state_lib.TrainState:
-  """A train state carrying the seen classes' descriptions in ``extra``."""
-  return state_lib.create_train_state(
-      params, tx, extra={"class_attributes": jnp.asarray(seen_attributes,
-                                                         jnp.float32)})
+LOSSES = {"dap": dap_loss, "embedding": embedding_loss}
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              method: str, **loss_kwargs):
+  """The step of :func:`dap_loss` (``method='dap'``) or
+  :func:`embedding_loss` (``'embedding'``; ``margin``, ``reduction``). The
+  train state carries the seen classes' descriptions:
+  ``create_train_state(params, tx, extra={'class_attributes': A_seen})``."""
+  if method not in LOSSES:
+    raise ValueError(f"unknown zero-shot method {method!r}; choose one of "
+                     f"{METHODS}")
+  return state_lib.loss_step(LOSSES[method], tx, model=model, **loss_kwargs)
 
 
 # ---------------------------------------------------------------- scoring
@@ -310,10 +293,10 @@ def class_scores(method: str, model: nn.Module, params: PyTree,
                  priors=None) -> np.ndarray:
   """``(n, C)`` scores of every class in ``class_attributes`` for ``x``."""
   if method == "dap":
-    logits = supervised.predict(model, params, x)
+    logits = evaluation.predict(model, params, x)
     return np.asarray(dap_scores(jax.nn.sigmoid(logits), class_attributes,
                                  priors=priors))
-  emb = supervised.predict(model, params, x, method="embed_inputs")
+  emb = evaluation.predict(model, params, x, method="embed_inputs")
   cls = model.apply({"params": params}, jnp.asarray(class_attributes),
                     method="embed_classes")
   return emb @ np.asarray(cls).T
@@ -387,197 +370,3 @@ def random_split(attributes: np.ndarray, num_unseen: int, seed: int, *,
   raise ValueError(f"no valid split with {num_unseen} unseen classes in "
                    f"{max_tries} draws; use fewer unseen classes or richer "
                    "descriptions.")
-
-
-def plot_runs(path: str, runs: dict[str, list[dict]], splits: list,
-              chance: float, confusions: dict[str, np.ndarray] | None = None):
-  """Unseen-class accuracy of every run (bars, one per method) against
-  chance; with one fixed split, also the row-normalised confusion matrices
-  over its unseen classes."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  panels = 1 + (len(confusions) if confusions else 0)
-  fig = Figure(figsize=(max(5, 1.1 * len(splits) + 2) + 3.8 * (panels - 1),
-                        3.8))
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, panels, 1)
-  methods = list(runs)
-  width = 0.8 / len(methods)
-  for i, m in enumerate(methods):
-    xs = np.arange(len(splits)) + (i - (len(methods) - 1) / 2) * width
-    ax.bar(xs, [100 * r["unseen_accuracy"] for r in runs[m]], width,
-           label=m)
-  ax.axhline(100 * chance, color="k", ls="--", lw=1, label="chance")
-  ax.set_xticks(range(len(splits)),
-                ["/".join(str(u) for u in sp) for sp in splits], fontsize=8)
-  ax.set_xlabel("unseen classes of each run")
-  ax.set_ylabel("unseen-class accuracy (%)")
-  ax.legend(fontsize=8)
-  ax.grid(axis="y", alpha=0.3)
-  if confusions:
-    unseen = splits[0]
-    for i, (name, cm) in enumerate(confusions.items()):
-      ax = fig.add_subplot(1, panels, i + 2)
-      rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-      ax.imshow(rows, vmin=0, vmax=1, cmap="Blues")
-      for r in range(len(unseen)):
-        for c in range(len(unseen)):
-          ax.text(c, r, f"{rows[r, c]:.2f}", ha="center", va="center",
-                  color="white" if rows[r, c] > 0.5 else "black")
-      ax.set_xticks(range(len(unseen)), [str(u) for u in unseen])
-      ax.set_yticks(range(len(unseen)), [str(u) for u in unseen])
-      ax.set_xlabel("predicted")
-      ax.set_ylabel("true class")
-      ax.set_title(f"{name} (all runs)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-
-
-# ------------------------------------------------------------- experiment
-def _splits(config, attrs, names) -> list[tuple[list[int], list[int]]]:
-  """One (seen, unseen) split per run: the configured one, or random ones."""
-  c = attrs.shape[0]
-  if config.unseen_classes:
-    unseen = [int(u) for u in config.unseen_classes]
-    seen = ([int(k) for k in config.seen_classes] if config.seen_classes
-            else [k for k in range(c) if k not in unseen])
-    check_split(attrs, seen, unseen, names)
-    return [(seen, unseen)] * config.num_seeds
-  if config.seen_classes:
-    raise ValueError("seen_classes needs unseen_classes; leave both empty "
-                     "for random splits.")
-  return [random_split(attrs, config.num_unseen, config.seed + k, names=names)
-          for k in range(config.num_seeds)]
-
-
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Trains each zero-shot method on the seen classes and measures accuracy
-  on the unseen classes against chance, over ``num_seeds`` runs.
-
-  Run ``k`` uses seed ``seed + k`` for the initialisation and, unless
-  ``unseen_classes`` fixes the split, for a random valid split of
-  ``num_unseen`` unseen classes (:func:`random_split`). Unseen classes are
-  scored on all their examples of both data splits (none is ever trained
-  on); seen-class accuracy on the test split.
-
-  Writes ``results.json`` (``metrics``: ``<method>_unseen_accuracy`` etc. as
-  mean, std and runs; ``chance_accuracy``; ``splits``; ``unseen_accuracy``
-  of the best method), ``table.md`` and ``unseen_accuracy.png``; each
-  training run's progress is in ``metrics_<method>_run<k>.jsonl``.
-  """
-  t0 = time.time()
-  methods = list(config.methods)
-  bad = [m for m in methods if m not in METHODS]
-  if bad or not methods:
-    raise ValueError(f"methods must be a non-empty list from {METHODS}; got "
-                     f"{methods}")
-  if config.num_seeds < 1:
-    raise ValueError(f"num_seeds must be >= 1, got {config.num_seeds}")
-  if config.dap_prior not in ("seen", "uniform"):
-    raise ValueError(f"dap_prior must be 'seen' or 'uniform', got "
-                     f"{config.dap_prior!r}")
-  kw = dict(seed=config.seed, data_dir=config.get("data_dir") or None)
-  full_test = data_lib.load(config.data, "test", **kw).require_labels()
-  attrs, names = class_attributes(config.descriptions, full_test.num_classes)
-  splits = _splits(config, attrs, names)
-  loop.say(f"zero-shot on {config.data}: {len(names)} attributes "
-           f"{list(names)}; unseen classes per run: "
-           f"{[u for _, u in splits]}")
-  runs = {m: [] for m in methods}
-  confusions: dict[str, np.ndarray] = {}
-  shape = full_test.example_shape
-  # One model, optimizer and step per method, compiled once for all runs
-  # (the split's class descriptions travel in the state).
-  built = {}
-  for method in methods:
-    model = build_model(method, config.model, shape,
-                        num_attributes=attrs.shape[1], dim=config.embed_dim,
-                        class_hidden=config.class_hidden,
-                        normalize=config.normalize)
-    loss_fn = (functools.partial(dap_loss, model=model) if method == "dap"
-               else functools.partial(embedding_loss, model=model,
-                                      margin=config.margin,
-                                      reduction=config.reduction))
-    params = init_params(model, shape, attrs.shape[1], config.seed)
-    tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
-    built[method] = (model, tx, functools.partial(
-        state_lib.train_step, loss_fn=loss_fn, tx=tx))
-  for k, (seen, unseen) in enumerate(splits):
-    seed = config.seed + k
-    # Seen classes relabelled 0..len(seen)-1 in the order of ``seen``.
-    train = data_lib.load(
-        config.data, "train", classes=seen,
-        num_examples=(config.max_train_examples
-                      if config.max_train_examples > 0 else None), **kw)
-    un = [data_lib.load(config.data, s, classes=unseen, relabel=False, **kw)
-          for s in ("train", "test")]
-    unseen_x = np.concatenate([u.x for u in un])
-    unseen_y = np.concatenate([u.y for u in un])
-    seen_test = data_lib.load(config.data, "test", classes=seen,
-                              relabel=False, **kw)
-    seen_attrs = attrs[seen]
-    priors = seen_attrs.mean(0) if config.dap_prior == "seen" else None
-    for method in methods:
-      model, tx, step = built[method]
-      params = init_params(model, shape, attrs.shape[1], seed)
-
-      def seen_accuracy(p, method=method, model=model, seen=seen,
-                        seen_test=seen_test, priors=priors):
-        # Validation on the seen classes' test split (never the unseen).
-        pred = predict_among(class_scores(
-            method, model, p, seen_test.x, attrs, priors=priors), seen)
-        return {"seen_accuracy": float(np.mean(pred == seen_test.y))}
-
-      state, _ = loop.fit(
-          create_train_state(params, tx, seen_attrs), step,
-          lambda s, seed=seed, train=train: data_lib.batches(
-              train.arrays(), config.batch_size, seed=seed, start_step=s),
-          num_steps=config.num_steps, rng=jax.random.key(seed),
-          workdir=workdir, eval_fn=seen_accuracy,
-          eval_every=config.eval_every, log_every=config.log_every,
-          checkpoint_every=0, parallel_mode=config.parallel,
-          name=f"{method}_run{k}")
-      m = evaluate(method, model, state.params, class_attributes=attrs,
-                   seen=seen, unseen=unseen, unseen_x=unseen_x,
-                   unseen_y=unseen_y, seen_x=seen_test.x,
-                   seen_y=seen_test.y, priors=priors)
-      confusions[method] = confusions.get(method, 0) + m.pop(
-          "unseen_confusion")
-      runs[method].append(m)
-      loop.say(f"[run {k}: unseen {unseen}] {method}: unseen_accuracy "
-               f"{m['unseen_accuracy']:.4f} (chance "
-               f"{1 / len(unseen):.3f})  seen_accuracy "
-               f"{m['seen_accuracy']:.4f}")
-  chance = float(np.mean([1.0 / len(u) for _, u in splits]))
-  metrics: dict[str, Any] = {
-      "chance_accuracy": chance, "splits": [u for _, u in splits],
-      "attributes": list(names)}
-  lines = [f"| method | unseen acc. (chance {100 * chance:.1f}) | unseen "
-           "per-class | seen acc. | GZSL unseen | GZSL seen | GZSL H |",
-           "|---|---|---|---|---|---|---|"]
-  keys = ("unseen_accuracy", "unseen_per_class_accuracy", "seen_accuracy",
-          "gzsl_unseen_accuracy", "gzsl_seen_accuracy", "gzsl_harmonic_mean")
-  for method in methods:
-    for key in runs[method][0]:
-      metrics[f"{method}_{key}"] = lean.summarize([r[key] for r in runs[method]])
-    lines.append(f"| {method} | " + " | ".join(
-        f"{100 * metrics[f'{method}_{key}']['mean']:.1f} ± "
-        f"{100 * metrics[f'{method}_{key}']['std']:.1f}" for key in keys)
-        + " |")
-  # The headline number: the best method's mean unseen accuracy.
-  best = max(methods, key=lambda m: metrics[f"{m}_unseen_accuracy"]["mean"])
-  metrics["unseen_accuracy"] = metrics[f"{best}_unseen_accuracy"]["mean"]
-  metrics["best_method"] = best
-  metrics["wall_seconds"] = time.time() - t0
-  table = "\n".join(lines)
-  if loop.is_chief():
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-      f.write(table + "\n")
-    if config.plot:
-      fixed = all(u == splits[0][1] for _, u in splits)
-      plot_runs(os.path.join(workdir, "unseen_accuracy.png"), runs,
-                [u for _, u in splits], chance,
-                confusions if fixed else None)
-  loop.write_results(workdir, metrics, config)
-  loop.say(table)
-  return metrics

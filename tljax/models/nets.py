@@ -14,13 +14,13 @@ two layers" (``backbone/layer_[01]/.*``) or "the last one" on any backbone;
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import functools
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _dense_tail(x, dense: int, index: int):
@@ -163,18 +163,38 @@ def default_backbone_for(example_shape: Sequence[int]) -> str:
 
 
 
-@functools.partial(jax.jit, static_argnames=("model", "example_shape"))
-def _init(model, example_shape, key):
-  return model.init(key, jnp.zeros((1,) + example_shape, jnp.float32))[
-      "params"]
+@functools.partial(jax.jit, static_argnames=("model", "method"))
+def _init(model, method, key, *inputs):
+  return model.init(key, *inputs, method=method)["params"]
 
 
-def init_params(model: nn.Module, example_shape, seed) -> dict:
-  """``model``'s parameters for one example shape, from a seed or a key.
+def init_params(model: nn.Module, example, seed, *more_inputs,
+                method: str | None = None) -> dict:
+  """``model``'s parameters, from a seed or a key, compiled once per model
+  and input shapes.
 
-  Compiled once per (model, shape): eager ``model.init`` dispatches every
-  random and array op one by one (seconds per call on a small CPU); the
-  compiled one costs milliseconds after the first call.
+  Args:
+    model: a linen module.
+    example: the example shape (a tuple of ints; one all-zero example is
+      used) or an array batch of the first input.
+    seed: an int seed or a ``jax.random`` key.
+    *more_inputs: further inputs the module takes after the first (e.g.
+      class descriptions, support labels); arrays, used for their shapes.
+    method: the module method to initialise through (default ``__call__``).
+
+  Returns:
+    The ``params`` collection.
+
+  Eager ``model.init`` dispatches every random and array operation one by
+  one; the compiled initialiser is one program, reused for every seed.
+
+    >>> import jax.numpy as jnp
+    >>> p = init_params(MLP((4,)), (3,), 0)
+    >>> p['layer_0']['kernel'].shape
+    (3, 4)
   """
   key = jax.random.key(seed) if isinstance(seed, int) else seed
-  return _init(model, tuple(int(d) for d in example_shape), key)
+  if isinstance(example, (tuple, list)) and all(
+      isinstance(d, (int, np.integer)) for d in example):
+    example = jnp.zeros((1,) + tuple(int(d) for d in example), jnp.float32)
+  return _init(model, method, key, example, *more_inputs)

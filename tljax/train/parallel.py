@@ -14,12 +14,18 @@
   gradients are ``pmean``-ed inside the step. The state is replicated with a
   leading device axis; ``get_state`` undoes that.
 
-All three give the same parameters for the same global batch (tested).
+Besides one step at a time, a :class:`CompiledStep` runs many steps over
+batches stacked on a leading steps axis and placed on the devices once
+(:meth:`CompiledStep.put_batches`, :meth:`CompiledStep.run`): a Python loop
+over one compiled "step ``i`` of the stack" program, or one ``lax.scan`` over
+the whole stack. Every program is compiled once per shape and counted in
+:attr:`CompiledStep.num_compiles`.
+
+All three modes give the same parameters for the same global batch (tested).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -30,6 +36,7 @@ import numpy as np
 
 PyTree = Any
 AXIS = "batch"
+MODES = ("auto", "single", "mesh", "pmap")
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:
@@ -38,25 +45,120 @@ def data_mesh(devices=None) -> jax.sharding.Mesh:
   return jax.sharding.Mesh(np.asarray(devices), ("data",))
 
 
-@dataclasses.dataclass
+@functools.lru_cache(maxsize=None)
+def _copier(sharding):
+  # The output buffers of a compiled identity are always fresh (device_put
+  # may alias the source for a replicated sharding), so donating them never
+  # frees the caller's arrays.
+  return jax.jit(lambda tree: tree, out_shardings=sharding)
+
+
+def _slice(batches, i):
+  return jax.tree.map(lambda a: a[i], batches)
+
+
 class CompiledStep:
-  """A compiled step plus the functions that place state and batches."""
-  fn: Callable
-  mode: str
-  num_devices: int
-  mesh: jax.sharding.Mesh | None = None
+  """A step compiled for one parallel mode, and how to feed it.
 
+  Built by :func:`compile_step`. ``step(state, batch, rng, *,
+  axis_name=None)`` is the pure step; the compiled programs donate the state
+  they are given (``put_state`` always hands them a copy).
+  """
+
+  def __init__(self, step: Callable, mode: str, devices, donate: bool):
+    self.mode = mode
+    self.num_compiles = 0
+    self._donate = (0,) if donate else ()
+    if mode == "pmap":
+      devices = [d for d in devices if d.process_index == jax.process_index()]
+    self.devices = devices
+    self.num_devices = len(devices) if mode != "single" else 1
+    self.mesh = data_mesh(devices) if mode == "mesh" else None
+    if mode == "pmap":
+      # Arrays with a leading device axis, one slice per local device: what
+      # pmap reads without moving data.
+      self._per_device = NamedSharding(
+          jax.sharding.Mesh(np.asarray(devices), ("devices",)),
+          P("devices"))
+    if mode == "pmap":
+      step = functools.partial(step, axis_name=AXIS)
+    self._step = step
+    self._programs: dict[str, Callable] = {}
+
+  # ------------------------------------------------------------ compiling
+  def _counted(self, fn):
+    def traced(*args):
+      self.num_compiles += 1  # a Python side effect: runs only when tracing
+      return fn(*args)
+    return traced
+
+  def _compile(self, fn, batch_spec, extra_in=()):
+    """Compiles ``fn(state, batch, *extra, rng)`` for this mode."""
+    fn = self._counted(fn)
+    n_extra = len(extra_in)
+    if self.mode == "pmap":
+      return jax.pmap(fn, axis_name=AXIS,
+                      in_axes=(0, 0) + (None,) * (n_extra + 1),
+                      donate_argnums=self._donate, devices=self.devices)
+    if self.mode == "single":
+      return jax.jit(fn, donate_argnums=self._donate)
+    repl = NamedSharding(self.mesh, P())
+    return jax.jit(fn, in_shardings=(repl, NamedSharding(self.mesh, batch_spec))
+                   + (repl,) * (n_extra + 1),
+                   out_shardings=(repl, repl), donate_argnums=self._donate)
+
+  def _program(self, name: str):
+    if name not in self._programs:
+      step = self._step
+      if name == "step":
+        prog = self._compile(step, P("data"))
+      elif name == "step_at":
+        prog = self._compile(lambda s, b, i, r: step(s, _slice(b, i), r),
+                             P(None, "data"), extra_in=(None,))
+      else:  # scan
+        prog = self._compile(
+            lambda s, b, r: jax.lax.scan(lambda c, x: step(c, x, r), s, b),
+            P(None, "data"))
+      self._programs[name] = prog
+    return self._programs[name]
+
+  # -------------------------------------------------------------- running
   def __call__(self, state, batch, rng):
-    return self.fn(state, batch, rng)
+    """One step on a batch placed by :meth:`put_batch`."""
+    return self._program("step")(state, batch, rng)
 
+  def run(self, state, batches, rng, *, scan: bool = False):
+    """All steps of batches placed by :meth:`put_batches`.
+
+    Returns ``(state, metrics)`` with each metric stacked over the steps
+    (on the device). ``scan=True`` runs the whole stack as one ``lax.scan``
+    (best for tiny dense models, where dispatch dominates; XLA on CPU runs
+    convolutions inside a loop body more slowly than at top level, hence the
+    default Python loop over one compiled step).
+    """
+    num_steps = int(np.shape(jax.tree.leaves(batches)[0])[
+        1 if self.mode == "pmap" else 0])
+    if scan:
+      return self._program("scan")(state, batches, rng)
+    prog, history = self._program("step_at"), []
+    for i in range(num_steps):
+      state, m = prog(state, batches, np.int32(i), rng)
+      history.append(m)
+    axis = 1 if self.mode == "pmap" else 0
+    return state, jax.tree.map(lambda *xs: jax.numpy.stack(xs, axis),
+                               *history)
+
+  # -------------------------------------------------------------- placing
   def put_state(self, state):
+    """A copy of ``state`` on the devices (replicated)."""
     if self.mode == "pmap":
       n = self.num_devices
-      return jax.tree.map(
-          lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+      return jax.tree.map(lambda x: jax.device_put(
+          np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
+          self._per_device), state)
     if self.mode == "mesh":
-      return jax.device_put(state, NamedSharding(self.mesh, P()))
-    return jax.device_put(state)
+      return _copier(NamedSharding(self.mesh, P()))(state)
+    return _copier(None)(state)
 
   def get_state(self, state):
     """The state as one host-side copy (un-replicated under pmap)."""
@@ -64,10 +166,20 @@ class CompiledStep:
       return jax.device_get(jax.tree.map(lambda x: x[0], state))
     return jax.device_get(state)
 
+  def device_state(self, state):
+    """The state on the device, un-replicated under pmap (no host copy)."""
+    if self.mode == "pmap":
+      return jax.tree.map(lambda x: x[0], state)
+    return state
+
+  def _local_devices(self) -> int:
+    if self.mode == "mesh":
+      return self.mesh.size // jax.process_count()
+    return self.num_devices
+
   def put_batch(self, batch: dict):
     """Places this process's part of the global batch on the devices."""
-    check_divisible(batch, self.num_devices if self.mode != "mesh" else
-                    self.mesh.size // jax.process_count())
+    check_divisible(batch, self._local_devices())
     if self.mode == "pmap":
       n = self.num_devices
       return jax.tree.map(
@@ -79,8 +191,28 @@ class CompiledStep:
               sharding, np.asarray(x)), batch)
     return batch
 
+  def put_batches(self, batches: dict):
+    """Places batches stacked on a leading steps axis (this process's part
+    of each global batch), for :meth:`run`."""
+    check_divisible({k: v[0] for k, v in batches.items()},
+                    self._local_devices())
+    if self.mode == "pmap":
+      n = self.num_devices
+
+      def split(x):
+        x = np.asarray(x)
+        x = x.reshape((x.shape[0], n, -1) + x.shape[2:])
+        return jax.device_put(np.swapaxes(x, 0, 1), self._per_device)
+      return jax.tree.map(split, batches)
+    if self.mode == "mesh":
+      sharding = NamedSharding(self.mesh, P(None, "data"))
+      return jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(
+              sharding, np.asarray(x)), batches)
+    return jax.device_put(batches)
+
   def metrics(self, metrics):
-    """Metrics as host scalars (the first replica's under pmap)."""
+    """Metrics as host values (the first replica's under pmap)."""
     if self.mode == "pmap":
       metrics = jax.tree.map(lambda x: x[0], metrics)
     return jax.device_get(metrics)
@@ -104,28 +236,16 @@ def compile_step(step: Callable, mode: str = "auto", *, devices=None,
     mode: ``auto`` (``mesh`` on several devices, else ``single``), ``single``,
       ``mesh`` or ``pmap``.
     devices: devices to use (default all; ``pmap`` uses local ones).
-    donate: donate the input state's buffers (the usual case in a loop).
+    donate: donate the input state's buffers (the usual case in a loop;
+      :meth:`CompiledStep.put_state` gives the programs a copy to donate).
+
+  Returns:
+    A :class:`CompiledStep` (each program compiles on first use).
   """
-  if mode not in ("auto", "single", "mesh", "pmap"):
+  if mode not in MODES:
     raise ValueError(f"unknown parallel mode {mode!r}; choose auto, single, "
                      "mesh or pmap")
   devices = list(jax.devices() if devices is None else devices)
   if mode == "auto":
     mode = "mesh" if len(devices) > 1 else "single"
-  donate_argnums = (0,) if donate else ()
-  if mode == "single":
-    return CompiledStep(jax.jit(step, donate_argnums=donate_argnums),
-                        "single", 1)
-  if mode == "pmap":
-    local = [d for d in devices if d.process_index == jax.process_index()]
-    fn = jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
-                  in_axes=(0, 0, None), donate_argnums=donate_argnums,
-                  devices=local)
-    return CompiledStep(fn, "pmap", len(local))
-  mesh = data_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  fn = jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P("data")),
-                                   replicated),
-               out_shardings=(replicated, replicated),
-               donate_argnums=donate_argnums)
-  return CompiledStep(fn, "mesh", len(devices), mesh)
+  return CompiledStep(step, mode, devices, donate)

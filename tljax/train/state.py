@@ -12,11 +12,14 @@ and :func:`train_step` turns it into a step: it differentiates ``params``
 ``l2_params`` and ``l2_updates`` to the metrics. Static collaborators (the
 model, the optimizer, loss weights) are bound with ``functools.partial``:
 
-    step = functools.partial(train_step, loss_fn=my_loss, tx=tx)
+    step = loss_step(my_loss, tx, model=model)   # the same, spelled out:
+    step = functools.partial(train_step, tx=tx,
+                             loss_fn=functools.partial(my_loss, model=model))
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax
@@ -70,3 +73,12 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                  l2_updates=optax.tree.norm(updates))
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), metrics
+
+
+def loss_step(loss_fn: Callable, tx: optax.GradientTransformation,
+              **loss_kwargs) -> Callable:
+  """The pure step of ``loss_fn`` with ``loss_kwargs`` bound (the model,
+  loss weights, ...): ``step(state, batch, rng, *, axis_name=None)``. Every
+  method family's ``make_step`` is this with its own loss."""
+  return functools.partial(train_step, tx=tx, loss_fn=functools.partial(
+      loss_fn, **loss_kwargs))

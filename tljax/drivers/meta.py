@@ -1,6 +1,7 @@
-"""The episodic few-shot experiment shared by the meta-learners.
+"""The episodic few-shot experiment shared by the meta-learners
+(``experiments/meta.py``).
 
-One driver, :func:`train_and_evaluate`, runs any of
+:func:`train_and_evaluate` runs any of
 
 - ``protonet``: prototypical networks (:mod:`tljax.methods.protonet`),
 - ``maml``: MAML, second or first order (:mod:`tljax.methods.maml`),
@@ -26,87 +27,60 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tljax import data as data_lib
+from tljax import evaluation
 from tljax import models
 from tljax import optim
+from tljax import workdir as workdir_lib
 from tljax.data import episodes
+from tljax.drivers import common
 from tljax.methods import hypernet
 from tljax.methods import maml
 from tljax.methods import protonet
 from tljax.methods import supervised
 from tljax.train import checkpoint
-from tljax.train import loop
-from tljax.train import state as state_lib
 
 PyTree = Any
 CLASSIFICATION_METHODS = ("protonet", "maml", "hypernet", "baseline")
 SINUSOID_METHODS = ("maml", "pretrained")
 
 
-def evaluate_episodes(accuracy_fn: Callable[[dict], jax.Array],
-                      sampler: episodes.EpisodeSampler, num_episodes: int, *,
-                      batch_size: int = 50) -> tuple[float, float]:
-  """Mean per-episode accuracy and its 95% half-width over the first
-  ``num_episodes`` episodes of ``sampler`` (the same ones for every method).
-
-  ``accuracy_fn(meta_batch) -> (tasks,)`` accuracies (jit it).
-  """
-  if num_episodes < 1:
-    raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-  batch_size = min(batch_size, num_episodes)
-  accs = []
-  for start in range(0, num_episodes, batch_size):
-    # Whole batches keep one compiled shape; extra episodes are dropped.
-    accs.append(np.asarray(accuracy_fn(sampler.batch(start // batch_size,
-                                                     batch_size))))
-  return episodes.mean_ci95(np.concatenate(accs)[:num_episodes])
-
-
-def _backbone(config, example_shape):
-  return models.backbone_from_config(config.model, example_shape)
-
-
-def _fit(config, workdir, params, loss_fn, batches_from, eval_fn=None,
-         name="train"):
+def _fit(config, workdir, params, make_step, batches_from, eval_fn=None):
+  """Trains ``params`` with ``make_step(tx)`` and the config's optimizer
+  and loop settings; returns the final parameters and last metrics."""
   tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
-  state = state_lib.create_train_state(params, tx)
-  step = functools.partial(state_lib.train_step, loss_fn=loss_fn, tx=tx)
-  state, last = loop.fit(
-      state, step, batches_from, num_steps=config.num_steps,
-      rng=jax.random.key(config.seed), workdir=workdir, eval_fn=eval_fn,
-      eval_every=config.eval_every, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every,
-      parallel_mode=config.parallel, name=name)
+  trainer = common.trainer(make_step(tx), tx, config)
+  state, last = common.fit(trainer, trainer.init_state(params), batches_from,
+                           config, workdir=workdir, eval_fn=eval_fn)
   return state.params, last
 
 
-def samplers(config) -> tuple[episodes.EpisodeSampler, episodes.EpisodeSampler]:
+def samplers(config) -> tuple[episodes.EpisodeSampler,
+                              episodes.EpisodeSampler]:
   """The meta-train and meta-test episode samplers a config describes:
   train-split examples of ``train_classes``, test-split examples of the
   disjoint ``test_classes``."""
-  kw = dict(seed=config.seed, data_dir=config.get("data_dir") or None)
-  train_ds = data_lib.load(config.data, "train", **kw)
-  test_ds = data_lib.load(config.data, "test", **kw)
   return episodes.meta_split(
-      train_ds, test_ds, train_classes=config.train_classes,
-      test_classes=config.test_classes, n_way=config.n_way,
-      k_shot=config.k_shot, n_query=config.n_query, seed=config.seed,
-      test_n_query=config.test_n_query)
+      common.load(config, config.data), common.load(config, config.data,
+                                                    "test"),
+      train_classes=config.train_classes, test_classes=config.test_classes,
+      n_way=config.n_way, k_shot=config.k_shot, n_query=config.n_query,
+      seed=config.seed, test_n_query=config.test_n_query)
 
 
 def raw_nearest_centroid(config) -> tuple[float, float]:
   """Test accuracy of nearest centroid on raw (flattened) inputs: the
   no-learning reference, on the same test episodes as the methods."""
   _, test_s = samplers(config)
-  acc_fn = jax.jit(lambda b: protonet.episode_accuracies(
+  acc_fn = jax.jit(lambda b: protonet.centroid_accuracies(
       lambda x: x.reshape((x.shape[0], -1)), b, config.n_way))
-  return evaluate_episodes(acc_fn, test_s, config.test_episodes)
+  return evaluation.episodes_accuracy(acc_fn, test_s, config.test_episodes)
 
 
 def _test_lr(config) -> float:
@@ -116,82 +90,66 @@ def _test_lr(config) -> float:
 
 
 def _classification(config, workdir):
-  kw = dict(seed=config.seed, data_dir=config.get("data_dir") or None)
   train_s, test_s = samplers(config)
   shape = train_s.x.shape[1:]
-  backbone = _backbone(config, shape)
-  init_key = jax.random.key(config.seed)
-  ep = train_s.episode(0)
+  backbone = models.backbone_from_config(config.model, shape)
   method = config.method
+  batches_from = lambda s: train_s.batches(  # noqa: E731
+      config.meta_batch_size, start_step=s)
   if method == "protonet":
     model = backbone
-    params = supervised.init_params(model, shape, config.seed)
-    loss_fn = functools.partial(protonet.loss_fn, model=model,
-                                n_way=config.n_way)
-    acc_fn = lambda p, b: protonet.episode_accuracies(  # noqa: E731
-        protonet.model_embed_fn(model, p), b, config.n_way)
+    params = models.init_params(model, shape, config.seed)
+    make_step = functools.partial(protonet.make_step, model,
+                                  n_way=config.n_way)
+    acc_fn = functools.partial(protonet.episode_accuracies, model=model,
+                               n_way=config.n_way)
   elif method == "hypernet":
     model = hypernet.HyperNetLearner(backbone, n_way=config.n_way,
                                      hidden=config.hypernet.hidden,
                                      embed_dim=config.hypernet.embed_dim)
-    params = model.init(init_key, ep["support_x"], ep["support_y"],
-                        ep["query_x"])["params"]
-    loss_fn = functools.partial(hypernet.loss_fn, model=model)
-    acc_fn = functools.partial(hypernet.episode_accuracies, model)
+    ep = train_s.episode(0)
+    params = models.init_params(model, ep["support_x"],
+                                jax.random.key(config.seed),
+                                ep["support_y"], ep["query_x"])
+    make_step = functools.partial(hypernet.make_step, model)
+    acc_fn = functools.partial(hypernet.episode_accuracies, model=model)
   elif method == "maml":
     m = config.maml
     maml.check_config("classification", m.inner_steps, m.inner_lr)
     model = models.Classifier(backbone, num_classes=config.n_way)
-    params = supervised.init_params(model, shape, config.seed)
+    params = models.init_params(model, shape, config.seed)
     rules = tuple(tuple(r) for r in m.inner_rules) or None
-    loss_fn = functools.partial(
-        maml.loss_fn, model=model, kind="classification",
-        inner_lr=m.inner_lr, inner_steps=m.inner_steps,
-        first_order=m.first_order, inner_rules=rules)
-    acc_fn = lambda p, b: maml.adaptation_curve(  # noqa: E731
-        p, b, model=model, kind="classification", inner_lr=_test_lr(config),
-        inner_steps=m.test_inner_steps, inner_rules=rules)[1][:, -1]
+    make_step = functools.partial(
+        maml.make_step, model, kind="classification", inner_lr=m.inner_lr,
+        inner_steps=m.inner_steps, first_order=m.first_order,
+        inner_rules=rules)
+    acc_fn = functools.partial(maml.episode_accuracies, model=model,
+                               inner_lr=_test_lr(config),
+                               inner_steps=m.test_inner_steps,
+                               inner_rules=rules)
   else:  # baseline: supervised pretraining on the meta-train classes.
-    pre = data_lib.load(config.data, "train", classes=config.train_classes,
-                        **kw)
+    pre = common.load(config, config.data, classes=config.train_classes)
     model = models.Classifier(backbone, num_classes=len(config.train_classes))
-    params = supervised.init_params(model, shape, config.seed)
-    loss_fn = functools.partial(supervised.classification_loss, model=model)
-    acc_fn = lambda p, b: protonet.episode_accuracies(  # noqa: E731
-        protonet.model_embed_fn(model, p, method="features"), b,
-        config.n_way)
+    params = models.init_params(model, shape, config.seed)
+    make_step = functools.partial(supervised.make_step, model)
+    acc_fn = functools.partial(protonet.episode_accuracies, model=model,
+                               n_way=config.n_way, method="features")
+    batches_from = lambda s: data_lib.batches(  # noqa: E731
+        pre.arrays(), config.batch_size, seed=config.seed, start_step=s)
 
   acc_fn = jax.jit(acc_fn)
   val_fn = lambda p: dict(zip(  # noqa: E731
       ("val_accuracy", "val_ci95"),
-      evaluate_episodes(functools.partial(acc_fn, p), test_s,
-                        config.eval_episodes)))
-  if method == "baseline":
-    batches_from = lambda s: data_lib.batches(  # noqa: E731
-        pre.arrays(), config.batch_size, seed=config.seed, start_step=s)
-  else:
-    batches_from = lambda s: train_s.batches(  # noqa: E731
-        config.meta_batch_size, start_step=s)
-  params, last = _fit(config, workdir, params, loss_fn, batches_from,
+      evaluation.episodes_accuracy(functools.partial(acc_fn, p), test_s,
+                                   config.eval_episodes)))
+  params, last = _fit(config, workdir, params, make_step, batches_from,
                       eval_fn=val_fn)
-  acc, ci = evaluate_episodes(functools.partial(acc_fn, params), test_s,
-                              config.test_episodes)
+  acc, ci = evaluation.episodes_accuracy(functools.partial(acc_fn, params),
+                                         test_s, config.test_episodes)
   metrics = {"test_accuracy": acc, "test_ci95": ci,
              "test_episodes": config.test_episodes,
              "final_loss": last.get("loss", float("nan"))}
   return params, metrics
-
-
-def joint_regression_loss(params, state, batch, rng, *, model,
-                          axis_name=None):
-  """MSE on every point of every task of a meta-batch, as one data set: the
-  "pretrained on all tasks jointly" baseline of Finn et al. (2017)."""
-  del state, rng, axis_name
-  x = jnp.concatenate([batch["support_x"], batch["query_x"]], 1)
-  y = jnp.concatenate([batch["support_y"], batch["query_y"]], 1)
-  out = model.apply({"params": params}, x.reshape((-1,) + x.shape[2:]))
-  loss = maml.task_loss("regression", out, y.reshape((-1,) + y.shape[2:]))
-  return loss, {}
 
 
 def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
@@ -206,7 +164,7 @@ def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
   num_tasks = num_tasks or config.test_episodes
   batch = episodes.SinusoidTasks(seed=config.seed + 1000).batch(
       0, num_tasks, config.k_shot, config.test_n_query)
-  model = _sinusoid_model(config)
+  model = sinusoid_model(config)
   lr = _test_lr(config) if inner_lr is None else float(inner_lr)
   curve = np.asarray(_sinusoid_curve(model, max(config.eval_inner_steps))(
       params, batch, jnp.float32(lr)))
@@ -223,8 +181,10 @@ def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
   return out
 
 
-def _sinusoid_model(config):
-  return models.Classifier(_backbone(config, (1,)), num_classes=1)
+def sinusoid_model(config) -> models.Classifier:
+  """The one-output regressor of the sinusoid task."""
+  return models.Classifier(models.backbone_from_config(config.model, (1,)),
+                           num_classes=1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -240,21 +200,22 @@ def _sinusoid(config, workdir):
   m = config.maml
   maml.check_config("regression", m.inner_steps, m.inner_lr)
   train_tasks = episodes.SinusoidTasks(seed=config.seed)
-  model = _sinusoid_model(config)
-  params = supervised.init_params(model, (1,), config.seed)
+  model = sinusoid_model(config)
+  params = models.init_params(model, (1,), config.seed)
   if config.method == "maml":
-    loss_fn = functools.partial(
-        maml.loss_fn, model=model, kind="regression", inner_lr=m.inner_lr,
+    make_step = functools.partial(
+        maml.make_step, model, kind="regression", inner_lr=m.inner_lr,
         inner_steps=m.inner_steps, first_order=m.first_order)
   else:
-    loss_fn = functools.partial(joint_regression_loss, model=model)
+    make_step = functools.partial(maml.make_step, model, kind="regression",
+                                  joint=True)
   val_fn = lambda p: {  # noqa: E731
       f"val_{k}": v for k, v in sinusoid_evaluate(
           p, config, num_tasks=min(100, config.test_episodes)).items()
       if not k.endswith("ci95")}
   batches_from = lambda s: train_tasks.batches(  # noqa: E731
       config.meta_batch_size, config.k_shot, config.n_query, start_step=s)
-  params, last = _fit(config, workdir, params, loss_fn, batches_from,
+  params, last = _fit(config, workdir, params, make_step, batches_from,
                       eval_fn=val_fn)
   metrics = {"test_episodes": config.test_episodes,
              "final_loss": last.get("loss", float("nan"))}
@@ -286,7 +247,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                      "or sinusoid")
   metrics["wall_seconds"] = time.time() - t0
   checkpoint.save_params(os.path.join(workdir, "params"), params)
-  loop.write_results(workdir, metrics, config)
-  loop.say("results: " + "  ".join(f"{k} {v:.4f}" for k, v in
-                                    metrics.items()))
+  workdir_lib.write_results(workdir, metrics, config)
+  workdir_lib.say(common.result_line(metrics))
   return metrics

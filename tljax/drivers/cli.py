@@ -6,7 +6,7 @@ On a TPU pod or a GPU cluster every host runs the same command with
 ``--multihost``; JAX finds the coordinator from the environment (TPU
 metadata, SLURM, or ``--coordinator_address``/``--num_processes``/
 ``--process_id``). Each host then feeds its slice of the global batch and
-only process 0 prints and writes logs (see :mod:`tljax.train.loop`).
+only process 0 prints and writes files (see :mod:`tljax.workdir`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main(train_and_evaluate: Callable, binary_file: str, *,
   ``train_and_evaluate(config, workdir)`` through :func:`run_experiment`.
 
     if __name__ == "__main__":
-      cli.main(supervised.train_and_evaluate, __file__)
+      cli.main(train.train_and_evaluate, __file__)
   """
   # Imported here: the experiment binaries are the only users of absl.app
   # and ml_collections' flag parsing.

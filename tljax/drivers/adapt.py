@@ -1,0 +1,217 @@
+"""Unsupervised domain adaptation, the experiment (``experiments/adapt.py``).
+
+``config.method`` is one of ``source_only``, ``target_supervised`` (the
+ceiling: target labels), ``dann``, ``mmd``, ``coral``
+(:mod:`tljax.methods.domain_adaptation`), ``kmm`` (source-only training
+weighted by :mod:`tljax.methods.kmm` instance weights) or ``tca``
+(:mod:`tljax.methods.tca`, closed form, then 1-NN / logistic regression).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from tljax import data as data_lib
+from tljax import models
+from tljax import optim
+from tljax import viz
+from tljax import workdir as workdir_lib
+from tljax.drivers import common
+from tljax.methods import domain_adaptation as da
+from tljax.methods import kmm as kmm_lib
+from tljax.methods import tca as tca_lib
+
+METHODS = ("source_only", "target_supervised", "dann", "mmd", "coral", "kmm",
+           "tca")
+
+
+def _load_domains(config):
+  """Source train/test, target train (unlabelled use) and test sets."""
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method {config.method!r}; choose one of "
+                     f"{METHODS}")
+  if not config.source or not config.target:
+    raise ValueError("both config.source and config.target must name a data "
+                     "set (e.g. --config.source=npz:src.npz "
+                     "--config.target=npz:tgt.npz)")
+  n = config.get("num_examples", -1)
+  n = n if n > 0 else None
+  src = common.load(config, config.source, num_examples=n).require_labels()
+  tgt = common.load(config, config.target, num_examples=n)
+  src_test = common.load(config, config.source, "test")
+  tgt_test = common.load(config, config.target, "test")
+  common.check_same_shape(
+      src, [("target", tgt), ("source test", src_test),
+            ("target test", tgt_test)],
+      "both domains must share one input shape (resize or project them "
+      "first).")
+  if tgt_test.y is None:
+    raise ValueError(f"target {config.target!r} has no test labels, so target"
+                     " accuracy cannot be measured; add y_test (or y) to it.")
+  if tgt_test.num_classes != src.num_classes:
+    raise ValueError(f"source has {src.num_classes} classes but target "
+                     f"{tgt_test.num_classes}; the task must be the same.")
+  tgt_test.require_labels(src.num_classes)
+  if config.method == "target_supervised":
+    tgt.require_labels(src.num_classes)
+  return src, tgt, src_test, tgt_test
+
+
+def _flat(x):
+  return np.asarray(x, np.float32).reshape(len(x), -1)
+
+
+def _subsample(ds, n, seed):
+  if n is None or n <= 0 or n >= len(ds):
+    return ds.x, ds.y
+  idx = np.random.default_rng(seed).choice(len(ds), n, replace=False)
+  return ds.x[idx], None if ds.y is None else ds.y[idx]
+
+
+def _run_tca(config, workdir, src, tgt, tgt_test):
+  c = config.tca
+  xs, ys = _subsample(src, c.max_examples, config.seed)
+  xt, _ = _subsample(tgt, c.max_examples, config.seed + 1)
+  t0 = time.time()
+  tca = tca_lib.TCA(n_components=c.n_components, kernel=c.kernel, mu=c.mu,
+                    gamma=c.gamma if c.gamma > 0 else None).fit(xs, xt)
+  metrics = {"tca_fit_seconds": time.time() - t0,
+             "tca_n_components": tca.n_components_,
+             "tca_fit_examples": len(xs) + len(xt)}
+  acc = tca_lib.embedding_accuracies(tca, xs, ys, tgt_test.x, tgt_test.y,
+                                     classifiers=("1nn", "logreg"))
+  for clf in ("1nn", "logreg"):
+    metrics[f"target_accuracy_{clf}"] = acc[clf]
+    metrics[f"raw_target_accuracy_{clf}"] = acc[f"raw_{clf}"]
+  metrics["target_accuracy"] = metrics[f"target_accuracy_{c.classifier}"]
+  if config.plot:
+    viz.embeddings(os.path.join(workdir, "embedding.png"),
+                   [("inputs", xs, xt),
+                    ("TCA embedding", tca.transform(xs), tca.transform(xt))],
+                   ys, None, seed=config.seed)
+  return metrics
+
+
+def _kmm_weights(config, src, tgt):
+  """KMM weights of every source example (mean 1), and their summary."""
+  k = config.kmm
+  t0 = time.time()
+  if len(src) > k.max_examples:
+    raise ValueError(f"KMM weights every source example; the source has "
+                     f"{len(src)} > kmm.max_examples={k.max_examples}. "
+                     "Raise kmm.max_examples or set num_examples.")
+  xt, _ = _subsample(tgt, k.max_examples, config.seed + 1)
+  w = kmm_lib.kmm_weights(_flat(src.x), _flat(xt), kernel=k.kernel,
+                          gamma=k.gamma if k.gamma > 0 else None, B=k.B,
+                          eps=k.eps if k.eps >= 0 else None,
+                          max_iter=k.max_iter)
+  ess = float(w.sum() ** 2 / max(float((w ** 2).sum()), 1e-12))
+  w = (w / max(float(w.mean()), 1e-12)).astype(np.float32)
+  return w, {"kmm_seconds": time.time() - t0,
+             "kmm_weight_max": float(w.max()),
+             "kmm_effective_sample_size": ess}
+
+
+def _history(workdir, key):
+  """``[[step, value], ...]`` of a train metric from ``metrics.jsonl``, one
+  entry per step (the last record of a step wins)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  out = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        rec = json.loads(line)
+        if rec.get("split") == "train" and key in rec:
+          out[rec["step"]] = rec[key]
+  return [[s, v] for s, v in sorted(out.items())]
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Runs one domain adaptation method (``config.method``); see module doc.
+
+  Writes ``metrics.jsonl``, checkpoints, ``embedding.png`` (2-D PCA of source
+  and target, inputs vs learned features) and ``results.json`` whose
+  ``metrics`` hold ``target_accuracy`` (on the target test split),
+  ``source_accuracy``, ``feature_domain_accuracy`` (a linear probe telling
+  the domains apart on the learned features; 0.5 = aligned), and for
+  ``dann`` ``domain_accuracy`` (the domain classifier's, at the end) with
+  ``domain_accuracy_history`` over training.
+
+  Raises:
+    ValueError: on an unknown method, domains with different input shapes,
+      an empty domain, NaN inputs, or a target without test labels.
+  """
+  t0 = time.time()
+  src, tgt, src_test, tgt_test = _load_domains(config)
+  method = config.method
+  if method == "tca":
+    metrics = _run_tca(config, workdir, src, tgt, tgt_test)
+    metrics["wall_seconds"] = time.time() - t0
+    workdir_lib.write_results(workdir, metrics, config)
+    workdir_lib.say(common.result_line(metrics, f"results ({method})"))
+    return metrics
+
+  model = models.build_classifier(config.model, src.num_classes,
+                                  src.example_shape)
+  align = method if method in ("dann", "mmd", "coral") else "none"
+  disc = da.discriminator(config.disc_features) if align == "dann" else None
+  params = models.init_params(model, src.example_shape, config.seed)
+  if disc is not None:
+    params = da.add_discriminator(params, model, disc, src.example_shape,
+                                  config.seed + 1)
+  train = tgt if method == "target_supervised" else src
+  train_arrays = {"x": train.x, "y": train.y}
+  extra_metrics = {}
+  if method == "kmm":
+    train_arrays["w"], extra_metrics = _kmm_weights(config, src, tgt)
+  tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
+  step = da.make_step(model, tx, alignment_name=align, discriminator=disc,
+                      weight=config.adapt_weight,
+                      total_steps=config.num_steps, schedule=config.schedule,
+                      schedule_gamma=config.schedule_gamma)
+  trainer = common.trainer(step, tx, config)
+  bs = config.batch_size
+
+  def batches_from(start):
+    it_s = data_lib.batches(train_arrays, bs, seed=config.seed,
+                            start_step=start)
+    if align == "none":
+      return it_s
+    it_t = data_lib.batches({"x_target": tgt.x}, bs, seed=config.seed + 1,
+                            start_step=start)
+    return ({**a, **b} for a, b in zip(it_s, it_t))
+
+  state, last = common.fit(
+      trainer, trainer.init_state(params), batches_from, config,
+      workdir=workdir,
+      eval_fn=lambda p: {"target_accuracy": da.accuracy(model, p, tgt_test)})
+  p = state.params
+  fs = da.features(model, p, _subsample(src_test, 2000, 0)[0])
+  ft = da.features(model, p, _subsample(tgt_test, 2000, 0)[0])
+  metrics = {"target_accuracy": da.accuracy(model, p, tgt_test),
+             "source_accuracy": da.accuracy(model, p, src_test),
+             "feature_domain_accuracy": da.linear_domain_accuracy(
+                 fs, ft, seed=config.seed),
+             "final_loss": last.get("loss", float("nan")),
+             **extra_metrics}
+  extra = {}
+  if align == "dann":
+    metrics["domain_accuracy"] = last.get("domain_accuracy", float("nan"))
+    extra["domain_accuracy_history"] = _history(workdir, "domain_accuracy")
+  if align != "none":
+    metrics["align_loss"] = last.get("align_loss", float("nan"))
+  metrics["wall_seconds"] = time.time() - t0
+  if config.plot:
+    xs, ys = _subsample(src_test, 600, 0)
+    xt, yt = _subsample(tgt_test, 600, 0)
+    viz.embeddings(os.path.join(workdir, "embedding.png"),
+                   [("inputs", xs, xt),
+                    (f"features after {method}", da.features(model, p, xs),
+                     da.features(model, p, xt))], ys, yt, seed=config.seed)
+  workdir_lib.write_results(workdir, metrics, config, **extra)
+  workdir_lib.say(common.result_line(metrics, f"results ({method})"))
+  return metrics

@@ -1,0 +1,223 @@
+"""What the experiment drivers share: data by config, the trainer from a
+config, sweep summaries and tables, the source-model run, cached features on
+disk, results lines.
+
+Drivers are the only layer that prints, plots or writes files, and every
+write goes through :mod:`tljax.workdir` (process 0 alone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from tljax import data as data_lib
+from tljax import models
+from tljax import params as params_lib
+from tljax import workdir as workdir_lib
+from tljax.methods import features as features_lib
+from tljax.train import trainer as trainer_lib
+
+PyTree = Any
+
+
+# ------------------------------------------------------------------- data
+def load(config, spec: str, split: str = "train", **kw) -> data_lib.Dataset:
+  """:func:`tljax.data.load` with the config's ``seed`` and ``data_dir``
+  (``seed`` in ``kw`` overrides it)."""
+  kw.setdefault("seed", config.seed)
+  return data_lib.load(spec, split, data_dir=config.get("data_dir") or None,
+                       **kw)
+
+
+def check_same_shape(reference: data_lib.Dataset, others, what: str):
+  """Raises one clear error if a data set's examples differ in shape from
+  ``reference``'s; ``others`` is ``[(name, dataset), ...]``."""
+  for name, ds in others:
+    if ds.example_shape != reference.example_shape:
+      raise ValueError(
+          f"{name} data {ds.name!r} has examples of shape {ds.example_shape}"
+          f" but {reference.name!r} has {reference.example_shape}; {what}")
+
+
+# -------------------------------------------------------------- training
+def trainer(step: Callable, tx: optax.GradientTransformation | None, config,
+            *, scan: bool = False) -> trainer_lib.Trainer:
+  """A :class:`tljax.train.Trainer` in the config's ``parallel`` mode."""
+  return trainer_lib.Trainer(step, tx, parallel=config.get("parallel", "auto"),
+                             scan=scan)
+
+
+def fit(trainer_: trainer_lib.Trainer, state, batches_from:
+        Callable[[int], Iterator], config, *, workdir: str | None,
+        eval_fn: Callable[[PyTree], dict] | None = None,
+        name: str = "train", num_steps: int | None = None,
+        seed: int | None = None):
+  """:meth:`Trainer.fit` with the loop settings every experiment config
+  has: ``num_steps`` and ``seed`` (the rng; both unless given),
+  ``eval_every``, ``log_every`` and ``checkpoint_every``."""
+  return trainer_.fit(
+      state, batches_from,
+      num_steps=config.num_steps if num_steps is None else num_steps,
+      rng=jax.random.key(config.seed if seed is None else seed),
+      workdir=workdir, eval_fn=eval_fn,
+      eval_every=config.get("eval_every", 0),
+      log_every=config.get("log_every", 100),
+      checkpoint_every=config.get("checkpoint_every", 0), name=name)
+
+
+def load_into(path: str, init: PyTree, dont_load: Sequence[str] = ()
+              ) -> PyTree:
+  """Parameters saved at ``path`` (a workdir or params directory), merged
+  into ``init`` with :func:`tljax.params.merge_params` (names and shapes
+  checked, ``dont_load`` kept from ``init``)."""
+  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  return params_lib.merge_params(checkpoint.load_params(path), init,
+                                 dont_load=tuple(dont_load))
+
+
+def source_run_config(run, *, source: str, seed: int, data_dir: str,
+                      model) -> ml_collections.ConfigDict:
+  """The :mod:`tljax.drivers.train` config of a source (or teacher) model:
+  the loop and optimizer settings of ``run`` (a sub-config), trained on all
+  of ``source`` on one device."""
+  c = ml_collections.ConfigDict(run.to_dict())
+  c.source, c.target, c.data_dir, c.seed = source, "", data_dir, seed
+  c.model = ml_collections.ConfigDict(model.to_dict())
+  c.train_on, c.labels_per_class = "source", -1
+  c.init_from, c.dont_load = "", ()
+  c.parallel = "single"
+  return c
+
+
+def source_params(run, *, init_from: str, source: str, seed: int,
+                  data_dir: str, model_config, model: nn.Module,
+                  example_shape, workdir: str) -> tuple[PyTree, dict]:
+  """The parameters of a source model: loaded from ``init_from`` (checked
+  against ``model``), or trained on ``source`` with ``run``'s settings in
+  ``workdir`` (resumable). Returns ``(params, the source run's metrics)``."""
+  if init_from:
+    params = load_into(init_from, models.init_params(model, example_shape,
+                                                     seed))
+    workdir_lib.say(f"source model loaded from {init_from}")
+    return params, {}
+  # Imported here: train is a driver too, and imports this module.
+  from tljax.drivers import train as train_driver  # pylint: disable=g-import-not-at-top
+  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  workdir_lib.say(f"training the source model on {source} "
+                  f"({run.num_steps} steps) in {workdir}")
+  metrics = train_driver.train_and_evaluate(
+      source_run_config(run, source=source, seed=seed, data_dir=data_dir,
+                        model=model_config), workdir)
+  return checkpoint.load_params(workdir), metrics
+
+
+# ------------------------------------------------------------ features
+def _fingerprint(params: PyTree, x: np.ndarray) -> str:
+  h = hashlib.sha1()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  h.update(np.ascontiguousarray(x).tobytes())
+  h.update(str(x.shape).encode())
+  return h.hexdigest()[:16]
+
+
+def feature_cache(model: nn.Module, params: PyTree, x: np.ndarray, *,
+                  workdir: str | None, name: str = "features"
+                  ) -> features_lib.FeatureCache:
+  """:class:`tljax.methods.features.FeatureCache` of ``x``, kept on disk.
+
+  With ``workdir`` the features are written to
+  ``<workdir>/features/<name>-<fingerprint>.npz`` (the fingerprint hashes
+  the parameters and the examples, so a changed backbone or data set never
+  reads stale features) and read back by later calls.
+  """
+  x = np.asarray(x, np.float32)
+  if not workdir:
+    return features_lib.FeatureCache.build(model, params, x)
+  path = os.path.join(workdir, "features",
+                      f"{name}-{_fingerprint(params, x)}.npz")
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return features_lib.FeatureCache(x, f["features"])
+  cache = features_lib.FeatureCache.build(model, params, x)
+  workdir_lib.save_npz(path, features=cache.features)
+  return cache
+
+
+# -------------------------------------------------------------- sweeps
+def summarize(values) -> dict[str, Any]:
+  """``{"mean", "std", "runs"}`` of one cell of a sweep (over seeds)."""
+  return {"mean": float(np.mean(values)), "std": float(np.std(values)),
+          "runs": [float(v) for v in values]}
+
+
+def check_sweep(strategies, allowed, budgets, *, num_seeds: int
+                ) -> tuple[list[str], list[int]]:
+  """Validates a sweep's strategy names, label budgets (labels per class;
+  0 means all, where the sweep allows it) and number of seeds.
+
+  Returns the strategies and budgets as lists; raises one ValueError naming
+  what is wrong.
+  """
+  strategies = list(strategies)
+  bad = [s for s in strategies if s not in allowed]
+  if bad or not strategies:
+    raise ValueError(f"unknown strategies {bad or '(none given)'}; choose "
+                     f"from {list(allowed)}")
+  budgets = [int(b) for b in budgets]
+  if not budgets or min(budgets) < 0:
+    raise ValueError(f"budgets (labels per class; 0 = all) must be a "
+                     f"non-empty list of integers >= 0, got {budgets}")
+  if num_seeds < 1:
+    raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+  return strategies, budgets
+
+
+def budget_name(budget: int) -> str:
+  """``"all"`` for budget 0 (all labels), else the number."""
+  return "all" if budget <= 0 else str(budget)
+
+
+def mean_std(cell: dict, scale: float = 100.0, digits: int = 1) -> str:
+  """``"mean ± std"`` of a :func:`summarize` cell (as % by default)."""
+  return (f"{scale * cell['mean']:.{digits}f} ± "
+          f"{scale * cell['std']:.{digits}f}")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]
+                   ) -> str:
+  """A markdown table from a header row and rows of cell strings."""
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def sweep_table(results: dict, strategies: Sequence[str],
+                columns: Sequence[str], *, header: Sequence[str],
+                best: dict | None = None) -> str:
+  """Markdown table of ``results[strategy][column]`` cells as mean ± std %,
+  the best strategy of each column (``best[column]``) in bold."""
+  rows = []
+  for name in strategies:
+    cells = []
+    for col in columns:
+      cell = mean_std(results[name][col])
+      cells.append(f"**{cell}**" if best and best.get(col) == name else cell)
+    rows.append([name] + cells)
+  return markdown_table(["strategy"] + list(header), rows)
+
+
+def result_line(metrics: dict, prefix: str = "results") -> str:
+  """One line of the scalar metrics, for the end of a run."""
+  return f"{prefix}: " + "  ".join(
+      f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+      for k, v in metrics.items() if not isinstance(v, (dict, list)))

@@ -1,0 +1,277 @@
+"""One trainer for single runs and sweeps.
+
+A :class:`Trainer` compiles one step function once
+(:func:`tljax.train.parallel.compile_step`, on one device, a mesh or under
+``pmap``) and runs it two ways:
+
+- :meth:`Trainer.fit`: a full run. It resumes from the workdir's latest
+  checkpoint if there is one, runs to ``num_steps`` with a progress line
+  (steps/s, loss, eta), evaluates every ``eval_every`` steps, appends metrics
+  to ``<workdir>/metrics.jsonl``, checkpoints every ``checkpoint_every``
+  steps and at the end, and stops with a clear error at the first step whose
+  loss or metrics are NaN or Inf.
+- :meth:`Trainer.run` / :meth:`Trainer.train_from`: a lean run for sweeps
+  (label budgets x strategies x seeds), with no files and no printing: the
+  batches of the whole run are drawn as :func:`tljax.data.batches` would
+  draw them (:func:`stack_batches`), placed on the devices once, and run by
+  one compiled program per step (or one ``lax.scan``, ``scan=True``). Every
+  run whose batches have the same shapes reuses the compiled program
+  (:attr:`Trainer.num_compiles`).
+
+    trainer = Trainer(step, tx)                  # step(state, batch, rng)
+    state, metrics = trainer.train_from(params, arrays, batch_size=64,
+                                        num_steps=500, seed=0,
+                                        rng=jax.random.key(0))
+
+Only process 0 writes files and prints (multi-host runs call the same code
+on every process; orbax writes checkpoints from all of them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+import optax
+
+from tljax import data as data_lib
+from tljax import workdir as workdir_lib
+from tljax.train import parallel as parallel_lib
+from tljax.train.state import create_train_state
+
+PyTree = Any
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss or a metric became NaN or Inf."""
+
+
+def check_finite(step_metrics: list[tuple[int, dict]]):
+  """Raises :class:`TrainingDiverged` naming the first non-finite step."""
+  for step, m in step_metrics:
+    bad = {k: float(v) for k, v in m.items()
+           if np.ndim(v) == 0 and not np.isfinite(v)}
+    if bad:
+      raise TrainingDiverged(
+          f"training diverged at step {step}: {bad} (l2_grads="
+          f"{float(m.get('l2_grads', float('nan'))):.3g}). Lower the learning "
+          "rate, clip gradients (config.optim.grad_clip_norm), or check the "
+          "inputs for NaN/Inf.")
+
+
+def stack_batches(arrays: dict[str, np.ndarray], batch_size: int,
+                  num_steps: int, *, seed: int, start_step: int = 0,
+                  process_index: int | None = None,
+                  process_count: int | None = None
+                  ) -> dict[str, np.ndarray]:
+  """This process's part of the batches of ``num_steps`` steps, stacked on
+  a leading axis.
+
+  Step ``s`` gets exactly the batch :func:`tljax.data.batches` would give
+  (the same seeded epoch permutations, the same contiguous slice of the
+  global batch of ``batch_size`` for each process), so a lean run and a
+  full run see the same data.
+  """
+  if not arrays:
+    raise ValueError("stack_batches needs at least one array")
+  n = {len(v) for v in arrays.values()}
+  if len(n) != 1:
+    raise ValueError(f"arrays must have the same length, got "
+                     f"{ {k: len(v) for k, v in arrays.items()} }")
+  n = n.pop()
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if batch_size % pc:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"{pc} processes")
+  per = batch_size // pc
+  idx = np.stack([data_lib.batch_indices(n, batch_size, start_step + s, seed)
+                  [pi * per:(pi + 1) * per] for s in range(num_steps)])
+  return {k: np.asarray(v)[idx] for k, v in arrays.items()}
+
+
+def _fmt(metrics: dict) -> str:
+  return "  ".join(f"{k} {float(v):.4g}" for k, v in metrics.items()
+                   if not k.startswith("l2_") and np.ndim(v) == 0)
+
+
+class Trainer:
+  """A step compiled once, run as a full :meth:`fit` or a lean :meth:`run`.
+
+  Args:
+    step: ``step(state, batch, rng, *, axis_name=None) -> (state, metrics)``.
+    tx: the step's optimizer (for :meth:`init_state` / :meth:`train_from`).
+    parallel: ``auto``, ``single``, ``mesh`` or ``pmap``.
+    devices: the devices to use (default all).
+    scan: lean runs as one ``lax.scan`` over all their steps.
+  """
+
+  def __init__(self, step: Callable, tx: optax.GradientTransformation | None
+               = None, *, parallel: str = "auto", devices=None,
+               scan: bool = False):
+    self.tx = tx
+    self.scan = scan
+    self.compiled = parallel_lib.compile_step(step, parallel, devices=devices)
+
+  @property
+  def mode(self) -> str:
+    return self.compiled.mode
+
+  @property
+  def num_compiles(self) -> int:
+    """How many programs were compiled (traced) so far."""
+    return self.compiled.num_compiles
+
+  def init_state(self, params: PyTree, *, extra: PyTree | None = None,
+                 start_step: int = 0):
+    """A fresh train state on ``params`` with the trainer's optimizer."""
+    if self.tx is None:
+      raise ValueError("this Trainer has no optimizer: build it with "
+                       "Trainer(step, tx) to create train states.")
+    state = create_train_state(params, self.tx, extra=extra)
+    return state.replace(step=state.step + start_step)
+
+  # ------------------------------------------------------------- lean runs
+  def run(self, state, arrays: dict[str, np.ndarray], *, batch_size: int,
+          num_steps: int, seed: int, rng: jax.Array):
+    """Trains on batches of ``arrays`` drawn as by :func:`stack_batches`
+    from the state's step on; returns ``(state, last step's metrics)``."""
+    if num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    batches = stack_batches(arrays, batch_size, num_steps, seed=seed,
+                            start_step=int(state.step))
+    return self.run_stacked(state, batches, rng)
+
+  def train_from(self, params: PyTree, arrays: dict[str, np.ndarray], *,
+                 batch_size: int, num_steps: int, seed: int, rng: jax.Array,
+                 extra: PyTree | None = None, start_step: int = 0):
+    """:meth:`run` from a fresh state on ``params``; ``(state, metrics)``."""
+    state = self.init_state(params, extra=extra, start_step=start_step)
+    return self.run(state, arrays, batch_size=batch_size,
+                    num_steps=num_steps, seed=seed, rng=rng)
+
+  def run_stacked(self, state, batches: dict[str, np.ndarray],
+                  rng: jax.Array):
+    """Trains on pre-stacked batches (leading axis: steps).
+
+    Returns ``(state, metrics)``: the state on the devices (un-replicated
+    under ``pmap``) and the last step's metrics as Python floats. A NaN or
+    Inf metric in any step raises :class:`TrainingDiverged` naming it.
+    """
+    c = self.compiled
+    start = int(state.step)
+    state, metrics = c.run(c.put_state(state), c.put_batches(batches), rng,
+                           scan=self.scan)
+    metrics = c.metrics(metrics)
+    num_steps = len(next(iter(batches.values())))
+    for i in range(num_steps):
+      if not all(np.isfinite(v[i]) for v in metrics.values()):
+        check_finite([(start + i + 1, {k: v[i] for k, v in metrics.items()})])
+    return c.device_state(state), {k: float(v[-1])
+                                   for k, v in metrics.items()}
+
+  # -------------------------------------------------------------- full run
+  def fit(self, state, batches_from: Callable[[int], Iterator], *,
+          num_steps: int, rng: jax.Array, workdir: str | None = None,
+          eval_fn: Callable[[PyTree], dict] | None = None,
+          eval_every: int = 0, log_every: int = 100,
+          checkpoint_every: int = 0, name: str = "train"
+          ) -> tuple[Any, dict]:
+    """Trains ``state`` to ``num_steps``; see the module docstring.
+
+    Args:
+      state: the initial :class:`~tljax.train.state.TrainState`.
+      batches_from: ``batches_from(start_step)`` returns an iterator of this
+        process's batches from that step on (see :func:`tljax.data.batches`).
+      num_steps: total steps (including any already done before a resume).
+      rng: the run's key; the step folds in the step number.
+      workdir: where metrics, checkpoints and (if resuming) state live; None
+        for an in-memory run.
+      eval_fn: ``eval_fn(params) -> dict`` of metrics, run every
+        ``eval_every`` steps and at the end.
+      log_every: steps between progress lines and NaN checks.
+      checkpoint_every: steps between checkpoints (0: only at the end);
+        needs ``workdir``.
+      name: a prefix for progress lines; runs other than ``train`` keep
+        their checkpoints in ``<workdir>/<name>`` and their metrics in
+        ``metrics_<name>.jsonl``.
+
+    Returns:
+      ``(state, metrics)``: the final host-side state and the last train and
+      eval metrics (eval ones prefixed ``eval_``).
+
+    Raises:
+      TrainingDiverged: at the first step with a NaN or Inf metric.
+    """
+    c = self.compiled
+    ckpt = None
+    start = 0
+    if workdir:
+      # Imported here: orbax is only needed by runs that keep a workdir.
+      from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
+      ckpt = checkpoint.Checkpointer(
+          workdir if name == "train" else os.path.join(workdir, name))
+      latest = ckpt.latest_step()
+      if latest is not None:
+        state = ckpt.restore(state, latest)
+        start = int(latest)
+        if start >= num_steps:
+          workdir_lib.say(
+              f"[{name}] {ckpt.directory} already holds a finished run (step "
+              f"{start} >= num_steps {num_steps}): nothing to train. Use a "
+              "new workdir (or delete this one) to train again.")
+        else:
+          workdir_lib.say(f"[{name}] resumed from checkpoint at step {start}"
+                          f" in {ckpt.directory}")
+    jsonl = (os.path.join(workdir, "metrics.jsonl" if name == "train"
+                          else f"metrics_{name}.jsonl") if workdir else None)
+
+    def record(step, split, metrics):
+      if jsonl:
+        workdir_lib.append_jsonl(jsonl, {"step": int(step), "split": split,
+                                         **metrics})
+
+    state = c.put_state(state)
+    it = batches_from(start)
+    pending: list[tuple[int, Any]] = []
+    last: dict = {}
+    every = max(log_every, 1)
+    t0 = time.perf_counter()
+    for step in range(start, num_steps):
+      state, metrics = c(state, c.put_batch(next(it)), rng)
+      pending.append((step + 1, metrics))
+      done = step + 1
+      is_last = done == num_steps
+      if done % every == 0 or is_last:
+        fetched = [(s, c.metrics(m)) for s, m in pending]
+        pending.clear()
+        check_finite(fetched)
+        for s, m in fetched:
+          if s % every == 0 or s == num_steps:
+            record(s, "train", m)
+        last = dict(fetched[-1][1])
+        rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
+        eta = (num_steps - done) / max(rate, 1e-9)
+        workdir_lib.say(f"[{name}] step {done}/{num_steps}  {_fmt(last)}  "
+                        f"{rate:.1f} steps/s  eta {eta:.0f}s")
+      if eval_fn is not None and ((eval_every and done % eval_every == 0)
+                                  or is_last):
+        ev = {f"eval_{k}": v
+              for k, v in eval_fn(c.device_state(state).params).items()}
+        check_finite([(done, ev)])
+        record(done, "eval", ev)
+        last.update(ev)
+        workdir_lib.say(f"[{name}] eval at step {done}: {_fmt(ev)}")
+      if ckpt is not None and ((checkpoint_every
+                                and done % checkpoint_every == 0) or is_last):
+        ckpt.save(done, c.get_state(state))
+    host_state = c.get_state(state)
+    if ckpt is not None:
+      ckpt.close()
+    if start >= num_steps and eval_fn is not None:
+      last = {f"eval_{k}": v for k, v in eval_fn(host_state.params).items()}
+    return host_state, {k: float(v) for k, v in last.items()
+                        if np.ndim(v) == 0}
