@@ -198,3 +198,24 @@ def test_regression_shape_mismatch_raises():
   with pytest.raises(ValueError, match="same shape"):
     maml.inner_adapt(p, jnp.ones((4, 1)), jnp.ones((4,)), model=model,
                      kind="regression", inner_steps=1)
+
+
+def test_joint_regression_loss_is_the_mse_over_every_point():
+  """The jointly pretrained baseline: one MSE over all support and query
+  points of all tasks, against numpy."""
+  model = nn.Dense(1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
+  batch = episodes.SinusoidTasks(seed=2).batch(0, 3, 4, 5)
+  loss, _ = maml.joint_regression_loss(params, None, batch, None, model=model)
+  w = np.asarray(params["kernel"])[0, 0]
+  b = np.asarray(params["bias"])[0]
+  x = np.concatenate([batch["support_x"], batch["query_x"]], 1)
+  y = np.concatenate([batch["support_y"], batch["query_y"]], 1)
+  np.testing.assert_allclose(loss, np.mean((w * x + b - y) ** 2), rtol=1e-5)
+  step = maml.make_step(model, optax.sgd(0.1), kind="regression", joint=True)
+  state, m = step(state_lib.create_train_state(params, optax.sgd(0.1)), batch,
+                  jax.random.key(0))
+  np.testing.assert_allclose(m["loss"], loss, rtol=1e-6)
+  with pytest.raises(ValueError, match="joint baseline"):
+    maml.make_step(model, optax.sgd(0.1), kind="regression", joint=True,
+                   inner_steps=2)

@@ -47,6 +47,14 @@ def tree_map_with_names(fn, tree: PyTree) -> PyTree:
       lambda path, x: fn("/".join(_key_name(k) for k in path), x), tree)
 
 
+def _raise_problems(what: str, problems, suffix: str = ""):
+  """One ValueError listing every ``(found, message)`` whose ``found`` is
+  non-empty, so that one call reports all that is wrong."""
+  found = [msg for bad, msg in problems if bad]
+  if found:
+    raise ValueError(f"{what}: " + "; ".join(found) + suffix)
+
+
 def match_rules(names: Iterable[str], rules: Rules, *,
                 what: str = "rules") -> dict[str, tuple[int, Any]]:
   """Maps each name to ``(rule index, value)`` of the first matching rule.
@@ -77,16 +85,12 @@ def match_rules(names: Iterable[str], rules: Rules, *,
     else:
       uncovered.append(name)
   unused = [rules[i][0] for i in range(len(rules)) if i not in used]
-  problems = []
-  if uncovered:
-    problems.append(f"no rule covers the parameters {uncovered}; add a rule "
-                    "for them, or end the list with a catch-all ('.*', ...)")
-  if unused:
-    problems.append(f"the regexes {unused} match no parameter (first match "
-                    "wins, so an earlier rule may shadow them)")
-  if problems:
-    raise ValueError(f"{what}: " + "; ".join(problems) +
-                     f". Parameter names are: {names}")
+  _raise_problems(what, [
+      (uncovered, f"no rule covers the parameters {uncovered}; add a rule "
+       "for them, or end the list with a catch-all ('.*', ...)"),
+      (unused, f"the regexes {unused} match no parameter (first match wins, "
+       "so an earlier rule may shadow them)")],
+                  f". Parameter names are: {names}")
   return out
 
 
@@ -174,21 +178,15 @@ def merge_params(loaded: PyTree, init: PyTree,
            for n in iflat if not skip(n) and n in lflat
            and np.shape(lflat[n]) != np.shape(iflat[n])]
   unexpected = [n for n in lflat if n not in iflat and not skip(n)]
-  problems = []
-  if unused_patterns:
-    problems.append(f"dont_load patterns {unused_patterns} match no target "
-                    "parameter")
-  if missing:
-    problems.append(f"target parameters {missing} are not in the source; "
-                    "add them to dont_load to keep their fresh initialisation")
-  if shape:
-    problems.append("shape mismatch for " + "; ".join(shape) +
-                    " (add them to dont_load to re-initialise)")
-  if unexpected:
-    problems.append(f"source parameters {unexpected} have no place in the "
-                    "target model; add them to dont_load to drop them")
-  if problems:
-    raise ValueError("merge_params: " + "; ".join(problems) + ".")
+  _raise_problems("merge_params", [
+      (unused_patterns, f"dont_load patterns {unused_patterns} match no "
+       "target parameter"),
+      (missing, f"target parameters {missing} are not in the source; add "
+       "them to dont_load to keep their fresh initialisation"),
+      (shape, "shape mismatch for " + "; ".join(shape) + " (add them to "
+       "dont_load to re-initialise)"),
+      (unexpected, f"source parameters {unexpected} have no place in the "
+       "target model; add them to dont_load to drop them")], ".")
 
   def take(n, x):
     if skip(n):

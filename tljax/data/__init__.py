@@ -3,9 +3,11 @@
 from tljax.data.batching import batch_indices
 from tljax.data.batching import batches
 from tljax.data.batching import eval_batches
+from tljax.data.batching import local_batch_indices
+from tljax.data.batching import num_examples
 from tljax.data.sources import Dataset
 from tljax.data.sources import load
 from tljax.data.sources import load_attributes
 
 __all__ = ["Dataset", "load", "load_attributes", "batches", "batch_indices",
-           "eval_batches"]
+           "local_batch_indices", "num_examples", "eval_batches"]

@@ -32,6 +32,31 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   return np.concatenate(out)
 
 
+def num_examples(arrays: dict[str, np.ndarray]) -> int:
+  """The common length of ``arrays``; raises if they differ."""
+  lengths = {k: len(v) for k, v in arrays.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f"arrays must have the same length, got {lengths}")
+  return next(iter(lengths.values()))
+
+
+def local_batch_indices(n: int, batch_size: int, step: int, seed: int, *,
+                        process_index: int | None = None,
+                        process_count: int | None = None) -> np.ndarray:
+  """This process's contiguous slice of the global batch at ``step``.
+
+  ``process_index`` and ``process_count`` default to ``jax.process_index()``
+  and ``jax.process_count()``.
+  """
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  if batch_size % pc:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"{pc} processes")
+  per = batch_size // pc
+  return batch_indices(n, batch_size, step, seed)[pi * per:(pi + 1) * per]
+
+
 def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
             start_step: int = 0, process_index: int | None = None,
             process_count: int | None = None) -> Iterator[dict]:
@@ -42,22 +67,17 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
     batch_size: the global batch size (over all processes).
     seed: shuffling seed.
     start_step: the step of the first batch (for resuming).
-    process_index, process_count: default ``jax.process_index()`` and
-      ``jax.process_count()``.
+    process_index, process_count: see :func:`local_batch_indices`.
   """
-  lengths = {k: len(v) for k, v in arrays.items()}
-  if len(set(lengths.values())) != 1:
-    raise ValueError(f"arrays must have the same length, got {lengths}")
-  n = next(iter(lengths.values()))
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  if batch_size % pc:
-    raise ValueError(f"batch size {batch_size} is not divisible by the "
-                     f"{pc} processes")
-  per = batch_size // pc
+  n = num_examples(arrays)
+  local_batch_indices(n, batch_size, start_step, seed,
+                      process_index=process_index,
+                      process_count=process_count)  # checks, before yielding
   step = start_step
   while True:
-    idx = batch_indices(n, batch_size, step, seed)[pi * per:(pi + 1) * per]
+    idx = local_batch_indices(n, batch_size, step, seed,
+                              process_index=process_index,
+                              process_count=process_count)
     yield {k: v[idx] for k, v in arrays.items()}
     step += 1
 

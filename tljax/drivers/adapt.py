@@ -19,7 +19,6 @@ from tljax import data as data_lib
 from tljax import models
 from tljax import optim
 from tljax import viz
-from tljax import workdir as workdir_lib
 from tljax.drivers import common
 from tljax.methods import domain_adaptation as da
 from tljax.methods import kmm as kmm_lib
@@ -150,10 +149,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   method = config.method
   if method == "tca":
     metrics = _run_tca(config, workdir, src, tgt, tgt_test)
-    metrics["wall_seconds"] = time.time() - t0
-    workdir_lib.write_results(workdir, metrics, config)
-    workdir_lib.say(common.result_line(metrics, f"results ({method})"))
-    return metrics
+    return common.finish(workdir, metrics, config, t0,
+                         common.result_line(metrics, f"results ({method})"))
 
   model = models.build_classifier(config.model, src.num_classes,
                                   src.example_shape)
@@ -204,7 +201,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     extra["domain_accuracy_history"] = _history(workdir, "domain_accuracy")
   if align != "none":
     metrics["align_loss"] = last.get("align_loss", float("nan"))
-  metrics["wall_seconds"] = time.time() - t0
   if config.plot:
     xs, ys = _subsample(src_test, 600, 0)
     xt, yt = _subsample(tgt_test, 600, 0)
@@ -212,6 +208,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                    [("inputs", xs, xt),
                     (f"features after {method}", da.features(model, p, xs),
                      da.features(model, p, xt))], ys, yt, seed=config.seed)
-  workdir_lib.write_results(workdir, metrics, config, **extra)
-  workdir_lib.say(common.result_line(metrics, f"results ({method})"))
-  return metrics
+  return common.finish(workdir, metrics, config, t0,
+                       common.result_line(metrics, f"results ({method})"),
+                       **extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
@@ -153,6 +154,75 @@ def feature_cache(model: nn.Module, params: PyTree, x: np.ndarray, *,
 
 
 # -------------------------------------------------------------- sweeps
+class Trainers:
+  """The compiled trainers of a sweep, one per name, each built on first
+  use and reused for every budget and seed (its runs differ only in their
+  inputs, so nothing recompiles)."""
+
+  def __init__(self, config, *, batch_size: int, num_steps: int):
+    self.config, self.batch_size, self.num_steps = config, batch_size, num_steps
+    self._trainers: dict[str, trainer_lib.Trainer] = {}
+
+  def train(self, name: str, build: Callable[[], tuple], params: PyTree,
+            arrays: dict, seed: int, *, extra: PyTree | None = None,
+            scan: bool = False) -> PyTree:
+    """``params`` trained from a fresh state for ``num_steps`` steps on
+    batches of ``arrays`` drawn with ``seed``; ``build() -> (step, tx)``
+    makes the trainer ``name`` the first time."""
+    if name not in self._trainers:
+      step, tx = build()
+      self._trainers[name] = trainer(step, tx, self.config, scan=scan)
+    state, _ = self._trainers[name].train_from(
+        params, arrays, batch_size=self.batch_size, num_steps=self.num_steps,
+        seed=seed, rng=jax.random.key(seed), extra=extra)
+    return state.params
+
+
+def run_sweep(config, spec: str, strategies: Sequence[str],
+              budgets: Sequence[int], seeds: Sequence[int],
+              run: Callable[[str, data_lib.Dataset, int], float], *,
+              num_classes: int | None = None) -> tuple[dict, dict]:
+  """Every strategy at every label budget and seed on the target ``spec``.
+
+  For each budget (labels per class, 0 = all) and seed, the labelled subset
+  is drawn once (:func:`load` with that seed) and every strategy trains on
+  the same one: ``run(strategy, subset, seed) -> test accuracy``.
+
+  Returns:
+    ``(results, seconds)``: ``results[strategy][budget_name]`` is the
+    :func:`summarize` cell over seeds; ``seconds[strategy]`` its time.
+  """
+  results = {n: {} for n in strategies}
+  seconds = {n: 0.0 for n in strategies}
+  for b in budgets:
+    key = budget_name(b)
+    subsets = [load(config, spec, seed=s, labels_per_class=b if b > 0
+                    else None).require_labels(num_classes) for s in seeds]
+    for name in strategies:
+      t = time.time()
+      accs = [run(name, ds, s) for ds, s in zip(subsets, seeds)]
+      seconds[name] += time.time() - t
+      results[name][key] = cell = summarize(accs)
+      workdir_lib.say(f"  labels/class {key:>4}  {name:<22} "
+                      f"{mean_std(cell):>12}  ({time.time() - t:.1f}s)")
+  return results, seconds
+
+
+def run_seeds(config) -> list[int]:
+  """The seeds of a sweep's ``num_seeds`` runs, apart from ``config.seed``
+  (which seeds the source model): ``seed + 1000 k`` for ``k = 1..``."""
+  return [config.seed + 1000 * (k + 1) for k in range(config.num_seeds)]
+
+
+def budgets_table(results: dict, strategies: Sequence[str],
+                  budgets: Sequence[int], *, best: dict | None = None,
+                  suffix: str = " labels/class") -> str:
+  """:func:`sweep_table` with one column per label budget."""
+  names = [budget_name(b) for b in budgets]
+  return sweep_table(results, strategies, names,
+                     header=[f"{k}{suffix}" for k in names], best=best)
+
+
 def summarize(values) -> dict[str, Any]:
   """``{"mean", "std", "runs"}`` of one cell of a sweep (over seeds)."""
   return {"mean": float(np.mean(values)), "std": float(np.std(values)),
@@ -214,6 +284,16 @@ def sweep_table(results: dict, strategies: Sequence[str],
       cells.append(f"**{cell}**" if best and best.get(col) == name else cell)
     rows.append([name] + cells)
   return markdown_table(["strategy"] + list(header), rows)
+
+
+def finish(workdir: str, metrics: dict, config, t0: float,
+           message: str | None = None, **extra) -> dict:
+  """Ends a run: ``wall_seconds`` since ``t0``, ``results.json`` (with
+  ``extra`` fields), and one line (``message``, or :func:`result_line`)."""
+  metrics["wall_seconds"] = time.time() - t0
+  workdir_lib.write_results(workdir, metrics, config, **extra)
+  workdir_lib.say(result_line(metrics) if message is None else message)
+  return metrics
 
 
 def result_line(metrics: dict, prefix: str = "results") -> str:

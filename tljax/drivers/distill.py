@@ -15,7 +15,6 @@ from tljax import evaluation
 from tljax import models
 from tljax import optim
 from tljax import params as params_lib
-from tljax import workdir as workdir_lib
 from tljax.drivers import common
 from tljax.methods import distillation
 from tljax.methods import supervised
@@ -72,9 +71,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     metrics[f"{name}_accuracy_runs"] = s["runs"]
   metrics["distillation_gain"] = (metrics["distilled_accuracy"]
                                   - metrics["student_accuracy"])
-  metrics["wall_seconds"] = time.time() - t0
-  workdir_lib.write_results(workdir, metrics, c)
-  workdir_lib.say(
+  return common.finish(
+      workdir, metrics, c, t0,
       f"teacher {100 * teacher_acc:.1f}% ({metrics['teacher_params']} "
       f"params); student ({metrics['student_params']} params) "
       f"{100 * metrics['student_accuracy']:.1f} ± "
@@ -82,4 +80,3 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f"{100 * metrics['distilled_accuracy']:.1f} ± "
       f"{100 * metrics['distilled_accuracy_std']:.1f}% distilled "
       f"(T={c.temperature}, alpha={c.alpha}, {c.num_seeds} seeds)")
-  return metrics

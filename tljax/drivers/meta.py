@@ -37,7 +37,6 @@ from tljax import data as data_lib
 from tljax import evaluation
 from tljax import models
 from tljax import optim
-from tljax import workdir as workdir_lib
 from tljax.data import episodes
 from tljax.drivers import common
 from tljax.methods import hypernet
@@ -245,8 +244,5 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   else:
     raise ValueError(f"unknown task {config.task!r}; choose classification "
                      "or sinusoid")
-  metrics["wall_seconds"] = time.time() - t0
   checkpoint.save_params(os.path.join(workdir, "params"), params)
-  workdir_lib.write_results(workdir, metrics, config)
-  workdir_lib.say(common.result_line(metrics))
-  return metrics
+  return common.finish(workdir, metrics, config, t0)

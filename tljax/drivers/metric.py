@@ -11,7 +11,6 @@ import time
 
 from tljax import models
 from tljax import optim
-from tljax import workdir as workdir_lib
 from tljax.data import episodes
 from tljax.drivers import common
 from tljax.methods import metric_learning
@@ -71,8 +70,5 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                   metric_learning.raw_input_baseline(held_out, ks=ks).items()})
   metrics["final_loss"] = last.get("loss", float("nan"))
   metrics["held_out_examples"] = len(held_out)
-  metrics["wall_seconds"] = time.time() - t0
   checkpoint.save_params(os.path.join(workdir, "params"), state.params)
-  workdir_lib.write_results(workdir, metrics, config)
-  workdir_lib.say(common.result_line(metrics))
-  return metrics
+  return common.finish(workdir, metrics, config, t0)

@@ -12,7 +12,6 @@ import jax
 
 from tljax import models
 from tljax import optim
-from tljax import workdir as workdir_lib
 from tljax.drivers import common
 from tljax.methods import multitask
 
@@ -71,11 +70,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   j, t = metrics["joint/target_accuracy"], metrics[
       "target_only/target_accuracy"]
   metrics["joint_gain_on_target"] = j["mean"] - t["mean"]
-  metrics["wall_seconds"] = time.time() - t0
-  workdir_lib.write_results(workdir, metrics, c)
-  workdir_lib.say(
+  return common.finish(
+      workdir, metrics, c, t0,
       f"target {c.target} ({budget or 'all'} labels/class): joint with "
       f"{c.source} {common.mean_std(j)}%, alone {common.mean_std(t)}%; "
       f"source task {100 * metrics['joint/source_accuracy']['mean']:.1f}% "
       f"({c.num_seeds} seeds, {time.time() - t0:.0f}s)")
-  return metrics

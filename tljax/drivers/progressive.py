@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -65,7 +63,7 @@ def _train_sources(config, workdir, net):
   return net, params, shape
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str) -> dict:
   """Source column(s), then the target with few labels; see the module
   docstring.
 
@@ -95,75 +93,61 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                      f"{test.example_shape}, the sources {shape}.")
   n_out = test.num_classes
   source_test = common.load(config, config.sources[0], "test")
-  metrics: dict[str, Any] = {"source_accuracy": progressive.column_accuracy(
+  metrics: dict = {"source_accuracy": progressive.column_accuracy(
       src_net, src_params, source_test, 0)}
   if src_net.num_outputs[-1] == n_out:
     metrics["source_only_target_accuracy"] = progressive.accuracy(
         src_net, src_params, test)
-  trainers: dict[str, Any] = {}
+  trainers = common.Trainers(config, batch_size=config.batch_size,
+                             num_steps=config.target_steps)
 
-  def run(name, net, params, train, seed, rules=None):
+  def train(name, net, params, data, seed, rules=None):
     # Strategies with the same net, loss and optimizer share one compiled
     # step: progressive / progressive_untrained, finetune / scratch.
-    name = "two_columns" if name.startswith("progressive") else "one_column"
-    if name not in trainers:
+    def build():
       tx = _tx(config, params, rules)
-      trainers[name] = common.trainer(progressive.make_step(net, tx), tx,
-                                      config)
-    state, _ = trainers[name].train_from(
-        params, train.arrays(), batch_size=config.batch_size,
-        num_steps=config.target_steps, seed=seed, rng=jax.random.key(seed))
-    return state.params
+      return progressive.make_step(net, tx), tx
+    return trainers.train(
+        "two_columns" if name.startswith("progressive") else "one_column",
+        build, params, data.arrays(), seed)
 
-  names = [common.budget_name(b) for b in budgets]
-  results = {s: {} for s in strategies}
-  for b, key in zip(budgets, names):
-    runs = {s: [] for s in strategies}
-    for k in range(config.num_seeds):
-      seed = config.seed + 1000 * (k + 1)
-      train = common.load(config, config.target, seed=seed,
-                          labels_per_class=b if b > 0 else None
-                          ).require_labels(n_out)
-      for name in strategies:
-        if name in ("progressive", "progressive_untrained"):
-          base = src_params
-          if name == "progressive_untrained":
-            base = models.init_params(src_net, shape, seed + 1)
-          net, params = progressive.add_column(
-              src_net, base, num_outputs=n_out, example_shape=shape,
-              seed=seed)
-          before = params
-          params = run(name, net, params, train, seed,
-                       progressive.freeze_earlier_rules(net))
-          if name == "progressive" and "source_accuracy_after" not in metrics:
-            # Frozen means frozen: column 0 still scores what it scored.
-            same = all(bool(jnp.array_equal(a, c)) for a, c in zip(
+  def run(name, data, seed):
+    if name in ("progressive", "progressive_untrained"):
+      base = src_params
+      if name == "progressive_untrained":
+        base = models.init_params(src_net, shape, seed + 1)
+      net, params = progressive.add_column(
+          src_net, base, num_outputs=n_out, example_shape=shape, seed=seed)
+      before = params
+      params = train(name, net, params, data, seed,
+                     progressive.freeze_earlier_rules(net))
+      if name == "progressive" and "source_accuracy_after" not in metrics:
+        # Frozen means frozen: column 0 still scores what it scored.
+        metrics["earlier_columns_unchanged"] = all(
+            bool(jnp.array_equal(a, c)) for a, c in zip(
                 jax.tree.leaves(before["columns_0"]),
                 jax.tree.leaves(params["columns_0"])))
-            metrics["source_accuracy_after"] = progressive.column_accuracy(
-                net, params, source_test, 0)
-            metrics["earlier_columns_unchanged"] = same
-        elif name == "finetune":
-          net, params = progressive.single_column_from(
-              src_net, src_params, last, num_outputs=n_out,
-              example_shape=shape, seed=seed)
-          params = run(name, net, params, train, seed)
-        else:
-          net = progressive.with_outputs(src_net, (n_out,))
-          params = run(name, net, models.init_params(net, shape, seed),
-                       train, seed)
-        acc = progressive.accuracy(net, params, test)
-        runs[name].append(acc)
-        workdir_lib.say(f"[{key} labels/class, seed {k}] {name}: target "
-                        f"accuracy {acc:.4f}")
-    for name in strategies:
-      results[name][key] = common.summarize(runs[name])
-  table = common.sweep_table(results, strategies, names,
-                             header=[f"{k} labels/class" for k in names])
+        metrics["source_accuracy_after"] = progressive.column_accuracy(
+            net, params, source_test, 0)
+    elif name == "finetune":
+      net, params = progressive.single_column_from(
+          src_net, src_params, last, num_outputs=n_out, example_shape=shape,
+          seed=seed)
+      params = train(name, net, params, data, seed)
+    else:
+      net = progressive.with_outputs(src_net, (n_out,))
+      params = train(name, net, models.init_params(net, shape, seed), data,
+                     seed)
+    return progressive.accuracy(net, params, test)
+
+  results, _ = common.run_sweep(config, config.target, strategies, budgets,
+                                common.run_seeds(config), run,
+                                num_classes=n_out)
+  table = common.budgets_table(results, strategies, budgets)
   metrics["accuracy"] = results
   head = "progressive" if "progressive" in strategies else strategies[0]
+  names = [common.budget_name(b) for b in budgets]
   metrics["target_accuracy"] = results[head][names[0]]["mean"]
-  metrics["wall_seconds"] = time.time() - t0
   workdir_lib.write_text(os.path.join(workdir, "table.md"), table)
   if config.plot:
     so = metrics.get("source_only_target_accuracy")
@@ -172,6 +156,4 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         f"{' -> '.join(config.sources)} -> {config.target}",
         baseline=(None if so is None
                   else ("source column, no target training", so)))
-  workdir_lib.write_results(workdir, metrics, config)
-  workdir_lib.say(table)
-  return metrics
+  return common.finish(workdir, metrics, config, t0, table)

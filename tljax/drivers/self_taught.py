@@ -11,7 +11,6 @@ import os
 import time
 from typing import Any
 
-import jax
 import numpy as np
 
 from tljax import data as data_lib
@@ -66,23 +65,20 @@ def _pretrain(config, workdir, ae, unlabelled, test):
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
-  """Pretrains the autoencoder on the unlabelled sources, then compares the
-  strategies on the target and clusters its test set; see the module
-  docstring.
-
-  Writes ``results.json`` (``metrics``: ``accuracy[strategy][budget]``
-  and ``clustering[features][ari|nmi]``, each mean, std and runs over seeds;
-  ``target_accuracy`` (``self_taught_linear`` at the first budget),
-  ``ari``/``nmi`` of the pretrained features), ``table.md`` and
+  """The experiment of the module docstring; returns the metrics it writes
+  to ``results.json``: ``accuracy[strategy][budget]`` and
+  ``clustering[features][ari|nmi]`` (mean, std and runs over seeds),
+  ``target_accuracy`` (``self_taught_linear`` at the first budget) and the
+  pretrained features' ``ari``/``nmi``; with ``table.md`` and
   ``self_taught.png``.
   """
   t0 = time.time()
-  strategies, budgets = common.check_sweep(
-      config.strategies, STRATEGIES, config.budgets,
-      num_seeds=config.num_seeds)
   if not config.unlabelled:
     raise ValueError("self-taught learning needs unlabelled data "
                      "(config.unlabelled, a list of data specs).")
+  strategies, budgets = common.check_sweep(
+      config.strategies, STRATEGIES, config.budgets,
+      num_seeds=config.num_seeds)
   unlabelled = _load_unlabelled(config)
   test = common.load(config, config.target, "test").require_labels()
   shape = test.example_shape
@@ -113,70 +109,59 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 "self_taught": st.encode(ae, ae_params, test.x)}
   linear_source = {"raw_linear": None, "random_linear": random_params,
                    "self_taught_linear": ae_params}
-  trainers: dict[str, Any] = {}
+  trainers = common.Trainers(config, batch_size=config.batch_size,
+                             num_steps=config.target_steps)
 
-  def run(name, model, params, arrays, seed):
+  def train(name, model, params, arrays, seed):
     # Strategies with the same model, loss and optimizer share one compiled
     # step: random_ / self_taught_linear, scratch / self_taught_finetune.
     linear = name.endswith("_linear")
-    name = {"random_linear": "code_linear",
-            "self_taught_linear": "code_linear",
-            "self_taught_finetune": "scratch"}.get(name, name)
-    if name not in trainers:
+
+    def build():
       # A linear head on fixed features wants a larger step than a deep net.
-      t = optim.make_optimizer(
+      tx = optim.make_optimizer(
           params, name=config.optim.name,
           learning_rate=(config.linear.optim.learning_rate if linear
                          else config.optim.learning_rate),
           grad_clip_norm=config.optim.grad_clip_norm)
-      step = (features_lib.make_step(model, t) if linear
-              else supervised.make_step(model, t))
-      trainers[name] = common.trainer(step, t, config)
-    st_, _ = trainers[name].train_from(
-        params, arrays, batch_size=config.batch_size,
-        num_steps=config.target_steps, seed=seed, rng=jax.random.key(seed))
-    return st_.params
+      return (features_lib.make_step(model, tx) if linear
+              else supervised.make_step(model, tx)), tx
+    return trainers.train(
+        {"random_linear": "code_linear", "self_taught_linear": "code_linear",
+         "self_taught_finetune": "scratch"}.get(name, name), build, params,
+        arrays, seed)
 
   raw_clf = models.Classifier(models.MLP(features=()), num_classes=n_out)
+
+  def run(name, data, seed):
+    if name in linear_source:
+      src = linear_source[name]
+      if src is None:
+        model = raw_clf
+        params = models.init_params(raw_clf, shape, seed)
+        feats = data.x.reshape(len(data), -1)
+        test_f = test_feats["raw"]
+      else:
+        model, params = st.classifier_from_autoencoder(
+            ae, src, num_classes=n_out, example_shape=shape, seed=seed)
+        feats = st.encode(ae, src, data.x)
+        test_f = test_feats["self_taught" if src is ae_params
+                            else "random_encoder"]
+      head = train(name, model, features_lib.head_params(params),
+                   {"features": feats, "y": data.y}, seed)
+      return features_lib.head_accuracy(model, head, test_f, test.y)
+    src = ae_params if name == "self_taught_finetune" else random_params
+    model, params = st.classifier_from_autoencoder(
+        ae, src, num_classes=n_out, example_shape=shape, seed=seed)
+    if name == "scratch":
+      params = models.init_params(model, shape, seed)
+    params = train(name, model, params, data.arrays(), seed)
+    return evaluation.accuracy(model, params, test)
+
+  results, _ = common.run_sweep(config, config.target, strategies, budgets,
+                                common.run_seeds(config), run,
+                                num_classes=n_out)
   names = [common.budget_name(b) for b in budgets]
-  results = {s: {} for s in strategies}
-  for b, key in zip(budgets, names):
-    runs = {s: [] for s in strategies}
-    for k in range(config.num_seeds):
-      seed = config.seed + 1000 * (k + 1)
-      train = common.load(config, config.target, seed=seed,
-                          labels_per_class=b if b > 0 else None
-                          ).require_labels(n_out)
-      for name in strategies:
-        if name in linear_source:
-          src = linear_source[name]
-          if src is None:
-            model = raw_clf
-            params = models.init_params(raw_clf, shape, seed)
-            feats = train.x.reshape(len(train), -1)
-            test_f = test_feats["raw"]
-          else:
-            model, params = st.classifier_from_autoencoder(
-                ae, src, num_classes=n_out, example_shape=shape, seed=seed)
-            feats = st.encode(ae, src, train.x)
-            test_f = test_feats["self_taught" if src is ae_params
-                                else "random_encoder"]
-          head = run(name, model, features_lib.head_params(params),
-                     {"features": feats, "y": train.y}, seed)
-          acc = features_lib.head_accuracy(model, head, test_f, test.y)
-        else:
-          src = ae_params if name == "self_taught_finetune" else random_params
-          model, params = st.classifier_from_autoencoder(
-              ae, src, num_classes=n_out, example_shape=shape, seed=seed)
-          if name == "scratch":
-            params = models.init_params(model, shape, seed)
-          params = run(name, model, params, train.arrays(), seed)
-          acc = evaluation.accuracy(model, params, test)
-        runs[name].append(acc)
-        workdir_lib.say(f"[{key} labels/class, seed {k}] {name}: target "
-                        f"accuracy {acc:.4f}")
-    for name in strategies:
-      results[name][key] = common.summarize(runs[name])
 
   # 3. Clustering the target test set.
   # PCA fitted on the same unlabelled data, as many components as the code
@@ -197,8 +182,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                     f"{clustering[name]['nmi']['mean']:.3f}")
 
   table = "\n".join([
-      common.sweep_table(results, strategies, names,
-                         header=[f"{k} labels/class" for k in names]), "",
+      common.budgets_table(results, strategies, budgets), "",
       common.markdown_table(
           ["k-means on", "ARI", "NMI"],
           [[name, common.mean_std(c["ari"], 1, 3),
@@ -212,13 +196,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   metrics["ari"] = clustering["self_taught"]["ari"]["mean"]
   metrics["nmi"] = clustering["self_taught"]["nmi"]["mean"]
   metrics["raw_ari"] = clustering["raw"]["ari"]["mean"]
-  metrics["wall_seconds"] = time.time() - t0
   workdir_lib.write_text(os.path.join(workdir, "table.md"), table)
   if config.plot:
     viz.accuracy_bars(os.path.join(workdir, "self_taught.png"), results,
                       names, strategies,
                       f"{'+'.join(config.unlabelled)} -> {config.target}",
                       clustering=clustering)
-  workdir_lib.write_results(workdir, metrics, config)
-  workdir_lib.say(table)
-  return metrics
+  return common.finish(workdir, metrics, config, t0, table)

@@ -77,10 +77,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   for domain, ds in evals.items():
     metrics[f"{domain}_accuracy"] = evaluation.accuracy(model, state.params,
                                                         ds)
-  metrics["wall_seconds"] = time.time() - t0
   # Every process calls orbax; it writes from the primary one.
   checkpoint.save_params(os.path.join(workdir, "params"), state.params)
-  workdir_lib.write_results(workdir, metrics, config)
   viz.training_curves(workdir)
-  workdir_lib.say(common.result_line(metrics))
-  return metrics
+  return common.finish(workdir, metrics, config, t0)

@@ -74,7 +74,9 @@ class _Runner:
     self.num_layers = model.backbone.num_layers
     self.cache_train, self.test_features, self.test = (cache_train,
                                                        test_features, test)
-    self._trainers: dict[str, Any] = {}
+    self.trainers = common.Trainers(config, batch_size=config.batch_size,
+                                    num_steps=config.num_steps)
+    self._gradual: dict[int, Any] = {}
 
   def _tx(self, params, lr_rules=None):
     o = self.c.optim
@@ -82,23 +84,13 @@ class _Runner:
                                 learning_rate=o.learning_rate,
                                 lr_rules=lr_rules)
 
-  def _train(self, name, params, train, seed, *, loss="finetune", model=None,
-             lr_rules=None, extra=None, arrays=None, **loss_kwargs):
-    if name not in self._trainers:
+  def _train(self, name, params, train, seed, *, loss="finetune",
+             lr_rules=None, extra=None, **loss_kwargs):
+    def build():
       tx = self._tx(params, lr_rules)
-      if name == "linear_probe":
-        step = features_lib.make_step(self.model, tx)
-      else:
-        step = finetune.make_step(model or self.model, tx, loss=loss,
-                                  **loss_kwargs)
-      # A head alone is dense and tiny: one lax.scan beats a Python loop.
-      self._trainers[name] = common.trainer(step, tx, self.c,
-                                            scan=name == "linear_probe")
-    state, _ = self._trainers[name].train_from(
-        params, arrays or train.arrays(), batch_size=self.c.batch_size,
-        num_steps=self.c.num_steps, seed=seed, rng=jax.random.key(seed),
-        extra=extra)
-    return state.params
+      return finetune.make_step(self.model, tx, loss=loss, **loss_kwargs), tx
+    return self.trainers.train(name, build, params, train.arrays(), seed,
+                               extra=extra)
 
   def _accuracy(self, params):
     return evaluation.accuracy(self.model, finetune.target_params(params),
@@ -114,8 +106,15 @@ class _Runner:
     if name == "linear_probe":
       head = features_lib.head_params(self.source_params if self.keep_head
                                       else init)
-      arrays = {"features": self.cache_train.lookup(train.x), "y": train.y}
-      head = self._train(name, head, train, seed, arrays=arrays)
+
+      def build():
+        tx = self._tx(head)
+        return features_lib.make_step(self.model, tx), tx
+      # A head alone is dense and tiny: one lax.scan beats a Python loop.
+      head = self.trainers.train(
+          name, build, head,
+          {"features": self.cache_train.lookup(train.x), "y": train.y}, seed,
+          scan=True)
       return features_lib.head_accuracy(self.model, head, self.test_features,
                                         self.test.y)
     keep = ("backbone/.*", "head/.*") if self.keep_head else ("backbone/.*",)
@@ -151,12 +150,11 @@ class _Runner:
     if name == "gradual":
       stages = finetune.gradual_unfreezing_stages(self.num_layers,
                                                   c.num_steps)
-      trainers = self._trainers.setdefault("gradual", {})
       params, _ = finetune.train_in_stages(
           params, stages,
           make_step=lambda tx: finetune.make_step(self.model, tx),
           make_tx=self._tx, arrays=train.arrays(), batch_size=c.batch_size,
-          seed=seed, rng=jax.random.key(seed), trainers=trainers,
+          seed=seed, rng=jax.random.key(seed), trainers=self._gradual,
           parallel=c.parallel)
       return self._accuracy(params)
     raise ValueError(f"unknown strategy {name!r}")
@@ -234,26 +232,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   runner = _Runner(c, model=model, source_model=model_src,
                    source_params=source_params, cache_train=cache,
                    test_features=test_features, test=test)
-  names = [common.budget_name(b) for b in budgets]
-  results = {n: {} for n in strategies}
-  timing = {n: 0.0 for n in strategies}
   workdir_lib.say(
       f"target {c.target}: {len(target)} train / {len(test)} test examples, "
       f"{target.num_classes} classes; {len(strategies)} strategies x "
       f"{len(budgets)} budgets x {c.num_seeds} seeds, {c.num_steps} steps of "
       f"{c.batch_size} each")
-  for b, k in zip(budgets, names):
-    subsets = [common.load(c, c.target, seed=c.seed + i,
-                           labels_per_class=b if b > 0 else None)
-               for i in range(c.num_seeds)]
-    for name in strategies:
-      t = time.time()
-      runs = [runner.run(name, ds, c.seed + i)
-              for i, ds in enumerate(subsets)]
-      timing[name] += time.time() - t
-      results[name][k] = r = common.summarize(runs)
-      workdir_lib.say(f"  labels/class {k:>4}  {name:<14} "
-                      f"{common.mean_std(r):>12}  ({time.time() - t:.1f}s)")
+  results, timing = common.run_sweep(
+      c, c.target, strategies, budgets,
+      [c.seed + i for i in range(c.num_seeds)], runner.run,
+      num_classes=target.num_classes)
+  names = [common.budget_name(b) for b in budgets]
   table_strategies = list(strategies)
   source_only = None
   if model_src.num_classes == target.num_classes:
@@ -262,8 +250,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                               for k in names}
     table_strategies.append("source_only")
   best, close = _best(results, table_strategies, names)
-  table = common.sweep_table(results, table_strategies, names, header=names,
-                             best=best)
+  table = common.budgets_table(results, table_strategies, budgets, best=best,
+                               suffix="")
   plot = viz.accuracy_vs_labels(
       os.path.join(workdir, "accuracy_vs_labels.png"), results, names,
       table_strategies,

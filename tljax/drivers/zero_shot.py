@@ -158,13 +158,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   best = max(methods, key=lambda m: metrics[f"{m}_unseen_accuracy"]["mean"])
   metrics["unseen_accuracy"] = metrics[f"{best}_unseen_accuracy"]["mean"]
   metrics["best_method"] = best
-  metrics["wall_seconds"] = time.time() - t0
   workdir_lib.write_text(os.path.join(workdir, "table.md"), table)
   if config.plot:
     fixed = all(u == splits[0][1] for _, u in splits)
     viz.zero_shot_runs(os.path.join(workdir, "unseen_accuracy.png"), runs,
                        [u for _, u in splits], chance,
                        confusions if fixed else None)
-  workdir_lib.write_results(workdir, metrics, config)
-  workdir_lib.say(table)
-  return metrics
+  return common.finish(workdir, metrics, config, t0, table)

@@ -88,17 +88,19 @@ def l2_sp_penalty(params: PyTree, source_params: PyTree, shared_mask: PyTree,
           + 0.5 * beta * params_lib.tree_sq_norm(params, new_mask))
 
 
-def _check_logits(student: jax.Array, teacher: jax.Array, what: str):
+def _soft_targets(student: jax.Array, teacher: jax.Array, temperature,
+                  what: str):
+  """Checks the pair and returns ``(log softmax(student/T), teacher/T)``;
+  no gradient reaches the teacher."""
   if student.shape != teacher.shape:
     raise ValueError(f"{what}: logits must have the same shape, got "
                      f"{student.shape} (new/student) and {teacher.shape} "
                      "(source/teacher); both models need the same outputs "
                      "(the same number of classes).")
-
-
-def _check_temperature(temperature):
   if isinstance(temperature, (int, float)) and temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
+  return (jax.nn.log_softmax(student / temperature, -1),
+          jax.lax.stop_gradient(teacher) / temperature)
 
 
 def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
@@ -126,45 +128,30 @@ def distillation_kl(student_logits: jax.Array, teacher_logits: jax.Array, *,
   Raises:
     ValueError: on mismatched shapes or a non-positive temperature.
   """
-  _check_logits(student_logits, teacher_logits, "distillation_kl")
-  _check_temperature(temperature)
-  t = jax.lax.stop_gradient(teacher_logits) / temperature
-  kl = optax.losses.kl_divergence_with_log_targets(
-      jax.nn.log_softmax(student_logits / temperature, -1),
-      jax.nn.log_softmax(t, -1))
-  return temperature ** 2 * kl
+  log_q, t = _soft_targets(student_logits, teacher_logits, temperature,
+                           "distillation_kl")
+  return temperature ** 2 * optax.losses.kl_divergence_with_log_targets(
+      log_q, jax.nn.log_softmax(t, -1))
 
 
 def lwf_penalty(new_logits: jax.Array, recorded_logits: jax.Array, *,
                 temperature: float = 2.0) -> jax.Array:
-  """Learning-without-Forgetting loss on the old task's outputs.
+  """Learning-without-Forgetting loss on the old task's outputs, per example.
 
-  Li & Hoiem (2016), eq. 2: per example ``i``, the cross-entropy
-  ``-sum_c y'_ic log yhat'_ic`` between the recorded outputs of the original
-  network (``y' = softmax(recorded/T)``) and the current network's outputs for the
-  same old task (``yhat' = softmax(new/T)``), at ``T = 2`` in the paper. It
-  differs from the KL of :func:`distillation_kl` by the (constant) entropy
-  of ``y'`` and by not scaling with ``T^2``, as in the paper, where the
-  weight ``lambda_o`` sets the balance.
+  Li & Hoiem (2016), eq. 2: the cross-entropy ``-sum_c y'_c log yhat'_c``
+  between the recorded outputs of the original network on the same inputs
+  (``recorded_logits``, ``y' = softmax(recorded/T)``, not differentiated)
+  and the current network's outputs for the old task (``new_logits``,
+  ``yhat' = softmax(new/T)``), both ``(batch, old_classes)``, at ``T = 2``
+  in the paper. It differs from the KL of :func:`distillation_kl` by the
+  (constant) entropy of ``y'`` and by not scaling with ``T^2``, as in the
+  paper, where the weight ``lambda_o`` sets the balance. Raises
+  ``ValueError`` on mismatched shapes or a non-positive temperature.
 
     >>> import jax.numpy as jnp
     >>> round(float(lwf_penalty(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0]), 4)
     1.3863
-
-  Args:
-    new_logits: ``(batch, old_classes)`` from the model being trained.
-    recorded_logits: ``(batch, old_classes)`` from the original model on the
-      same inputs. Not differentiated.
-    temperature: ``T > 0``.
-
-  Returns:
-    ``(batch,)`` per-example losses.
-
-  Raises:
-    ValueError: on mismatched shapes or a non-positive temperature.
   """
-  _check_logits(new_logits, recorded_logits, "lwf_penalty")
-  _check_temperature(temperature)
-  p = jax.nn.softmax(jax.lax.stop_gradient(recorded_logits) / temperature, -1)
-  log_q = jax.nn.log_softmax(new_logits / temperature, -1)
-  return -jnp.sum(p * log_q, -1)
+  log_q, t = _soft_targets(new_logits, recorded_logits, temperature,
+                           "lwf_penalty")
+  return -jnp.sum(jax.nn.softmax(t, -1) * log_q, -1)

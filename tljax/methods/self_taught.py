@@ -62,9 +62,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, h):
-    h = h.reshape((h.shape[0], -1))
-    for i, f in enumerate(self.features):
-      h = nn.relu(nn.Dense(f, name=f"layer_{i}")(h))
+    h = models.dense_layers(h, self.features)
     out = nn.Dense(int(np.prod(self.output_shape)), name="out")(h)
     return out.reshape((h.shape[0],) + tuple(self.output_shape))
 

@@ -145,9 +145,7 @@ class ClassEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, a):
-    for i, f in enumerate(self.hidden):
-      a = nn.relu(nn.Dense(f, name=f"layer_{i}")(a))
-    return nn.Dense(self.dim, name="out")(a)
+    return nn.Dense(self.dim, name="out")(models.dense_layers(a, self.hidden))
 
 
 class ZeroShotEmbedder(nn.Module):

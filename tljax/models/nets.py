@@ -23,20 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _dense_tail(x, dense: int, index: int):
-  """Flattens conv features and applies the optional dense ``layer_<index>``."""
+def dense_layers(x, features: Sequence[int], *, start: int = 0):
+  """``Dense -> relu`` per entry of ``features`` on flattened ``x``, the
+  layers named ``layer_<start + i>``. Call it inside a module's compact
+  method: the layers belong to that module."""
   x = x.reshape((x.shape[0], -1))
-  if dense:
-    x = nn.relu(nn.Dense(dense, name=f"layer_{index}")(x))
+  for i, f in enumerate(features):
+    x = nn.relu(nn.Dense(f, name=f"layer_{start + i}")(x))
   return x
-
-
-class _ConvNet(nn.Module):
-  """Shared by the CNNs: ``len(channels)`` conv layers, then a dense one."""
-
-  @property
-  def num_layers(self) -> int:
-    return len(self.channels) + (1 if self.dense else 0)
 
 
 class MLP(nn.Module):
@@ -50,10 +44,27 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train
-    x = x.reshape((x.shape[0], -1))
-    for i, f in enumerate(self.features):
-      x = nn.relu(nn.Dense(f, name=f"layer_{i}")(x))
-    return x
+    return dense_layers(x, self.features)
+
+
+class _ConvNet(nn.Module):
+  """Shared by the CNNs: ``len(channels)`` conv layers (``_conv``), then an
+  optional dense one."""
+  _spatial_dims = 1  # inputs with this many axes after the batch get a channel
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.channels) + (1 if self.dense else 0)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    del train
+    if x.ndim == self._spatial_dims + 1:
+      x = x[..., None]
+    for i, c in enumerate(self.channels):
+      x = self._conv(x, c, f"layer_{i}")
+    return dense_layers(x, (self.dense,) if self.dense else (),
+                        start=len(self.channels))
 
 
 class CNN1D(_ConvNet):
@@ -64,32 +75,24 @@ class CNN1D(_ConvNet):
   kernel_size: int = 5
   dense: int = 128
 
-  @nn.compact
-  def __call__(self, x, *, train: bool = False):
-    del train
-    if x.ndim == 2:
-      x = x[..., None]
-    for i, c in enumerate(self.channels):
-      x = nn.relu(nn.Conv(c, (self.kernel_size,), strides=(2,),
-                          name=f"layer_{i}")(x))
-    return _dense_tail(x, self.dense, len(self.channels))
+  def _conv(self, x, channels: int, name: str):
+    return nn.relu(nn.Conv(channels, (self.kernel_size,), strides=(2,),
+                           name=name)(x))
 
 
 class CNN2D(_ConvNet):
-  """LeNet-sized 2-D CNN for NHWC images (8x8 digits up to 32x32)."""
+  """LeNet-sized 2-D CNN for NHWC images (8x8 digits up to 32x32): 3x3 conv
+  layers, each followed by 2x2 max pooling while the image is large enough,
+  then a dense layer."""
   channels: Sequence[int] = (32, 64)
   dense: int = 128
+  _spatial_dims = 2
 
-  @nn.compact
-  def __call__(self, x, *, train: bool = False):
-    del train
-    if x.ndim == 3:
-      x = x[..., None]
-    for i, c in enumerate(self.channels):
-      x = nn.relu(nn.Conv(c, (3, 3), padding="SAME", name=f"layer_{i}")(x))
-      if min(x.shape[1:3]) >= 2:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    return _dense_tail(x, self.dense, len(self.channels))
+  def _conv(self, x, channels: int, name: str):
+    x = nn.relu(nn.Conv(channels, (3, 3), padding="SAME", name=name)(x))
+    if min(x.shape[1:3]) >= 2:
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x
 
 
 class Classifier(nn.Module):

@@ -37,7 +37,7 @@ import jax
 import numpy as np
 import optax
 
-from tljax import data as data_lib
+from tljax.data import batching
 from tljax import workdir as workdir_lib
 from tljax.train import parallel as parallel_lib
 from tljax.train.state import create_train_state
@@ -77,19 +77,10 @@ def stack_batches(arrays: dict[str, np.ndarray], batch_size: int,
   """
   if not arrays:
     raise ValueError("stack_batches needs at least one array")
-  n = {len(v) for v in arrays.values()}
-  if len(n) != 1:
-    raise ValueError(f"arrays must have the same length, got "
-                     f"{ {k: len(v) for k, v in arrays.items()} }")
-  n = n.pop()
-  pi = jax.process_index() if process_index is None else process_index
-  pc = jax.process_count() if process_count is None else process_count
-  if batch_size % pc:
-    raise ValueError(f"batch size {batch_size} is not divisible by the "
-                     f"{pc} processes")
-  per = batch_size // pc
-  idx = np.stack([data_lib.batch_indices(n, batch_size, start_step + s, seed)
-                  [pi * per:(pi + 1) * per] for s in range(num_steps)])
+  n = batching.num_examples(arrays)
+  idx = np.stack([batching.local_batch_indices(
+      n, batch_size, start_step + s, seed, process_index=process_index,
+      process_count=process_count) for s in range(num_steps)])
   return {k: np.asarray(v)[idx] for k, v in arrays.items()}
 
 
