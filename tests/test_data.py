@@ -98,6 +98,11 @@ def test_npz_with_and_without_test_arrays(tmp_path):
      r"labels must lie in"),
     (dict(x=np.zeros((4, 2)), y=np.array([0.5, 1, 1, 0])), "integer class"),
     (dict(x=np.full((4, 2), np.nan), y=np.array([0, 1, 1, 0])), "NaN"),
+    (dict(x=np.zeros((0, 4))), r"is empty: 'x' has shape \(0, 4\)"),
+    (dict(x=np.zeros((1, 4)), y=np.zeros(1, int)),
+     "too few to hold out a test split; add x_test"),
+    (dict(x=np.array([np.zeros(3), np.zeros(2)], dtype=object)),
+     "dtype object.*save numeric arrays"),
 ])
 def test_npz_bad_inputs(tmp_path, arrays, match):
   p = tmp_path / "bad.npz"
@@ -113,14 +118,29 @@ def test_bad_specs(tmp_path):
     data.load("mnist1d:blurry")
   with pytest.raises(ValueError, match="unknown digits preset"):
     data.load("digits:upside")
-  with pytest.raises(ValueError, match="needs an angle"):
-    data.load("moons:left")
+  for angle in ("left", "inf", "nan", "-inf"):
+    with pytest.raises(ValueError, match="needs an angle in degrees"):
+      data.load(f"moons:{angle}")
+  with pytest.raises(ValueError, match="num_examples must be >= 1"):
+    data.load("moons", num_examples=-1)
+  with pytest.raises(ValueError, match="not a readable .npz"):
+    bad = tmp_path / "text.npz"
+    bad.write_text("not an archive")
+    data.load(f"npz:{bad}")
   with pytest.raises(ValueError, match="unknown data source 'imagenet'"):
     data.load("imagenet")
   with pytest.raises(ValueError, match="split must be"):
     data.load("digits", "validation")
   with pytest.raises(ValueError, match=r"classes \[12\] are not in"):
     data.load("digits", classes=[12])
+
+
+def test_tfds_unknown_name_is_one_short_error():
+  with pytest.raises(ValueError) as e:
+    data.load("tfds:no_such_data_set_anywhere")
+  msg = str(e.value)
+  assert "does not know 'no_such_data_set_anywhere'" in msg
+  assert "\n" not in msg and len(msg) < 500  # not the list of every data set
 
 
 def test_tfds_unprepared_is_one_clear_error(tmp_path):

@@ -173,9 +173,15 @@ def test_nan_stops_with_the_step(tmp_path):
         b = dict(b, x=np.full_like(b["x"], np.nan))
       yield b
 
-  with pytest.raises(trainer_lib.TrainingDiverged, match="at step 5"):
+  with pytest.raises(trainer_lib.TrainingDiverged,
+                     match="at step 5.*No checkpoint had been saved"):
     trainer_lib.Trainer(step, parallel="single").fit(
         state0, batches, num_steps=8, rng=jax.random.key(0), log_every=3)
+  with pytest.raises(trainer_lib.TrainingDiverged,
+                     match="at step 5.*The last checkpoint, at step 4, is in"):
+    trainer_lib.Trainer(step, parallel="single").fit(
+        state0, batches, num_steps=8, rng=jax.random.key(0), log_every=3,
+        workdir=str(tmp_path), checkpoint_every=2)
 
 
 def test_params_roundtrip(tmp_path):
@@ -270,3 +276,36 @@ def test_init_state_needs_the_optimizer():
     trainer.train_from({"w": np.zeros(1)}, {"x": np.zeros((2, 1))},
                        batch_size=1, num_steps=1, seed=0,
                        rng=jax.random.key(0))
+
+
+def test_resume_trims_records_past_the_checkpoint(tmp_path):
+  """A run killed after logging step 6 but before checkpointing it resumes
+  from step 4; metrics.jsonl then holds every step once."""
+  wd = str(tmp_path)
+  _fit(wd, 6, checkpoint_every=4)
+  # What a kill between the step-6 record and its checkpoint leaves behind.
+  ckpt_dir = tmp_path / "checkpoints"
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(ckpt_dir / "6")
+  _fit(wd, 8, checkpoint_every=4)
+  steps = [r["step"] for r in workdir_lib.read_jsonl(
+      str(tmp_path / "metrics.jsonl")) if r["split"] == "train"]
+  assert steps == [2, 4, 6, 8]
+
+
+def test_a_finished_run_reports_its_last_train_metrics(tmp_path):
+  _, first = _fit(str(tmp_path), 4)
+  _, again = _fit(str(tmp_path), 4)  # nothing to train
+  assert np.isfinite(again["loss"]) and again["loss"] == first["loss"]
+
+
+def test_restoring_a_checkpoint_of_another_model_is_one_clear_error(tmp_path):
+  _fit(str(tmp_path), 2)
+  other = models.Classifier(models.MLP((3,)), num_classes=4)
+  params = models.init_params(other, (16,), 0)
+  tx = optim.make_optimizer(params)
+  with pytest.raises(ValueError, match="does not fit this run's model"):
+    trainer_lib.Trainer(supervised.make_step(other, tx), parallel="single").fit(
+        state_lib.create_train_state(params, tx),
+        lambda s: data_lib.batches(_data(), 16, start_step=s), num_steps=4,
+        rng=jax.random.key(0), workdir=str(tmp_path))

@@ -33,6 +33,8 @@ def make_schedule(learning_rate: float, schedule: str = "constant", *,
                   total_steps: int = 0, warmup_steps: int = 0,
                   end_factor: float = 0.0) -> optax.Schedule:
   """``constant``, ``cosine`` or ``linear`` decay, after a linear warmup."""
+  if not learning_rate > 0:
+    raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
   if schedule not in ("constant", "cosine", "linear"):
     raise ValueError(f"unknown schedule {schedule!r}; choose constant, "
                      "cosine or linear")

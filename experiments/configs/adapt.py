@@ -98,7 +98,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_every = 500
   config.log_every = 100
-  config.checkpoint_every = 0
+  config.checkpoint_every = 250    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"         # auto | single | mesh | pmap
 
   if "quick" in args:

@@ -82,7 +82,7 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.num_steps = 1000 if config.method == "maml" else 2000
   config.eval_every = 500
   config.log_every = 250
-  config.checkpoint_every = 0
+  config.checkpoint_every = 500    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"
 
   if sinusoid:

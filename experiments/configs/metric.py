@@ -65,7 +65,7 @@ def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
   config.num_steps = 2000
   config.eval_every = 500
   config.log_every = 250
-  config.checkpoint_every = 0
+  config.checkpoint_every = 500    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"
 
   if quick:

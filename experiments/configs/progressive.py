@@ -48,6 +48,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_every = 500
   config.log_every = 250
+  config.checkpoint_every = 500    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"
 
   if "quick" in args:

@@ -70,6 +70,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_every = 1000
   config.log_every = 500
+  config.checkpoint_every = 1000   # and at SIGTERM / Ctrl-C
   config.parallel = "auto"
 
   if "quick" in args:

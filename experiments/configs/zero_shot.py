@@ -73,6 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.eval_every = 250
   config.log_every = 250
+  config.checkpoint_every = 250    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"
 
   if "quick" in args:

@@ -22,6 +22,9 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   """Indices of the global batch at ``step`` (wrapping across epochs)."""
   if n <= 0:
     raise ValueError("cannot draw batches from an empty data set")
+  if int(batch_size) != batch_size or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got "
+                     f"{batch_size!r}")
   start = step * batch_size
   out, pos = [], start
   while pos < start + batch_size:

@@ -20,6 +20,7 @@ import os
 import random
 import re
 from typing import Sequence
+import zipfile
 
 import numpy as np
 
@@ -157,8 +158,11 @@ def _moons(arg: str) -> dict[str, np.ndarray]:
   try:
     angle = float(arg) if arg else 0.0
   except ValueError:
-    raise ValueError(f"moons:<angle> needs an angle in degrees, got {arg!r} "
-                     "(e.g. moons:30)") from None
+    angle = float("nan")
+  if not np.isfinite(angle):
+    raise ValueError(f"moons:<angle> needs an angle in degrees, a finite "
+                     f"number, got "
+                     f"{arg!r} (e.g. moons:30)")
   out = {}
   for split, n, seed in (("", 1000, 0), ("_test", 500, 1)):
     # Different draws per angle, so a rotated target is not the source's
@@ -181,21 +185,62 @@ def _npz(path: str, split: str, name: str) -> tuple:
     raise FileNotFoundError(
         f"data set {name!r}: no file at {path!r}. Save your arrays with "
         "np.savez(path, x=..., y=...) (y optional; x_test/y_test optional).")
-  with np.load(path, allow_pickle=False) as f:
-    arrays = dict(f)
+  if not zipfile.is_zipfile(path):
+    raise ValueError(f"data set {name!r}: {path} is not a readable .npz file "
+                     "(not a zip archive of arrays); save it with np.savez.")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = dict(f)
+  except ValueError as e:
+    if "allow_pickle" in str(e):
+      raise ValueError(f"data set {name!r}: {path} holds an array of Python "
+                       "objects (dtype object), which tljax does not unpickle;"
+                       " save numeric arrays, e.g. np.savez(path, "
+                       "x=np.asarray(x, np.float32), y=np.asarray(y, "
+                       "np.int64)).") from None
+    raise ValueError(f"data set {name!r}: {path} is not a readable .npz file "
+                     f"({e}); save it with np.savez.") from None
+  except (OSError, EOFError) as e:
+    raise ValueError(f"data set {name!r}: {path} is not a readable .npz file "
+                     f"({e}); save it with np.savez.") from None
   if "x" not in arrays:
     raise ValueError(f"data set {name!r}: {path} has keys {sorted(arrays)} "
                      "but needs 'x' (examples first), and optionally 'y', "
                      "'x_test', 'y_test', 'num_classes'.")
+  if "y_test" in arrays and "x_test" not in arrays:
+    raise ValueError(f"data set {name!r}: {path} has y_test but no x_test; "
+                     "give both, or neither (then 20% of x is held out).")
+  for k in ("x", "x_test"):
+    if k not in arrays:
+      continue
+    a = arrays[k]
+    if a.ndim < 2 or not (np.issubdtype(a.dtype, np.number)
+                          or a.dtype == np.bool_):
+      raise ValueError(f"data set {name!r}: {k} must be a numeric array with "
+                       f"the example axis first, shape (n, ...); got "
+                       f"{a.dtype} {a.shape}.")
+    if len(a) == 0:
+      raise ValueError(f"data set {name!r}: {path} is empty: {k!r} has "
+                       f"shape {a.shape}; a domain needs at least one "
+                       "example.")
   for xk, yk in (("x", "y"), ("x_test", "y_test")):
-    if yk in arrays and (np.ndim(arrays[yk]) != 1 or xk not in arrays
+    if yk in arrays and (arrays[yk].ndim != 1
                          or len(arrays[yk]) != len(arrays[xk])):
-      xs = np.shape(arrays[xk]) if xk in arrays else "missing"
       raise ValueError(f"data set {name!r}: {yk} must have shape "
-                       f"({xs[0] if xs != 'missing' else 'n'},) to match "
-                       f"{xk} {xs}; got {np.shape(arrays[yk])}.")
-  num_classes = (int(arrays["num_classes"]) if "num_classes" in arrays
-                 else None)
+                       f"({len(arrays[xk])},) to match {xk} "
+                       f"{arrays[xk].shape}; got {arrays[yk].shape}.")
+  num_classes = None
+  if "num_classes" in arrays:
+    nc = arrays["num_classes"]
+    if (nc.ndim != 0 or not np.issubdtype(nc.dtype, np.number)
+        or nc != np.round(nc) or nc < 1):
+      raise ValueError(f"data set {name!r}: num_classes must be one positive "
+                       f"integer; got {nc.dtype} {nc.shape} {nc.tolist()!r}.")
+    num_classes = int(nc)
+  if "x_test" not in arrays and len(arrays["x"]) < 2:
+    raise ValueError(f"data set {name!r}: {path} has {len(arrays['x'])} "
+                     "example, too few to hold out a test split; add "
+                     "x_test (and y_test) to the file, or more examples.")
   if "x_test" in arrays:
     key = "" if split == "train" else "_test"
     x, y = arrays["x" + key], arrays.get("y" + key)
@@ -203,20 +248,13 @@ def _npz(path: str, split: str, name: str) -> tuple:
     # No test arrays: hold out a fixed 20% (the same on every run).
     n = len(arrays["x"])
     perm = np.random.default_rng(0).permutation(n)
-    cut = n - max(1, n // 5) if n > 1 else n
+    cut = n - max(1, n // 5)
     idx = perm[:cut] if split == "train" else perm[cut:]
     x = arrays["x"][idx]
     y = arrays["y"][idx] if "y" in arrays else None
   x = np.asarray(x)
-  if x.ndim < 2 or not np.issubdtype(x.dtype, np.number):
-    raise ValueError(f"data set {name!r}: x must be a numeric array with the "
-                     f"example axis first, shape (n, ...); got {x.dtype} "
-                     f"{x.shape}.")
   if y is not None:
     y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(x):
-      raise ValueError(f"data set {name!r}: y must have shape ({len(x)},) to "
-                       f"match x {x.shape}; got {y.shape}.")
     if not np.issubdtype(y.dtype, np.integer):
       if np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)):
         y = y.astype(np.int64)
@@ -225,7 +263,7 @@ def _npz(path: str, split: str, name: str) -> tuple:
                          f"labels; got dtype {y.dtype}.")
     if num_classes is None:
       all_y = [np.asarray(arrays[k]) for k in ("y", "y_test") if k in arrays]
-      num_classes = int(max(int(a.max()) for a in all_y if a.size)) + 1
+      num_classes = max(int(a.max()) + 1 for a in all_y)
     check_labels(y, num_classes, name)
     y = y.astype(np.int32)
   return x.astype(np.float32), y, num_classes
@@ -245,8 +283,11 @@ def _tfds(arg: str, split: str, name: str, data_dir: str | None,
   try:
     builder = tfds.builder(ds_name, data_dir=data_dir)
   except Exception as e:  # tfds raises its own DatasetNotFoundError types.
+    # tfds lists every data set it knows in the message; keep its first line.
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     raise ValueError(f"data set {name!r}: TensorFlow Datasets does not know "
-                     f"{ds_name!r}: {e}") from None
+                     f"{ds_name!r} ({first[:200]}); check the name with "
+                     "tfds.list_builders().") from None
   if not builder.is_prepared():
     raise RuntimeError(
         f"data set {name!r} is not prepared in {builder.data_dir!r}, and "
@@ -306,6 +347,9 @@ def _subset(x, y, num_classes, *, classes, labels_per_class, num_examples,
                             replace=False))
     idx = rng.permutation(np.concatenate(idx))
     x, y = x[idx], y[idx]
+  if num_examples is not None and num_examples < 1:
+    raise ValueError(f"num_examples must be >= 1 (or None for all), got "
+                     f"{num_examples}")
   if num_examples is not None and num_examples < len(x):
     idx = rng.choice(len(x), num_examples, replace=False)
     x = x[idx]

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-from tljax import data as data_lib
 from tljax import models
 from tljax import optim
 from tljax import viz
@@ -145,6 +144,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       an empty domain, NaN inputs, or a target without test labels.
   """
   t0 = time.time()
+  common.validate(config)
   src, tgt, src_test, tgt_test = _load_domains(config)
   method = config.method
   if method == "tca":
@@ -171,16 +171,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                       total_steps=config.num_steps, schedule=config.schedule,
                       schedule_gamma=config.schedule_gamma)
   trainer = common.trainer(step, tx, config)
-  bs = config.batch_size
+  source_batches = common.batches_from(config, train_arrays)
+  target_batches = common.batches_from(config, {"x_target": tgt.x},
+                                       seed=config.seed + 1)
 
   def batches_from(start):
-    it_s = data_lib.batches(train_arrays, bs, seed=config.seed,
-                            start_step=start)
     if align == "none":
-      return it_s
-    it_t = data_lib.batches({"x_target": tgt.x}, bs, seed=config.seed + 1,
-                            start_step=start)
-    return ({**a, **b} for a, b in zip(it_s, it_t))
+      return source_batches(start)
+    return ({**a, **b} for a, b in zip(source_batches(start),
+                                       target_batches(start)))
 
   state, last = common.fit(
       trainer, trainer.init_state(params), batches_from, config,

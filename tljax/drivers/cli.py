@@ -18,6 +18,9 @@ from absl import flags
 from absl import logging
 import jax
 
+from tljax import workdir as workdir_lib
+from tljax.train import preemption
+
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() first.")
 _COORD = flags.DEFINE_string("coordinator_address", None,
@@ -51,24 +54,56 @@ USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError,
 
 
 def run_experiment(train_and_evaluate: Callable, config, workdir: str):
-  """Starts multi-host if asked, runs the experiment, reports bad input."""
+  """Starts multi-host if asked, runs the experiment holding its workdir,
+  reports bad input as one line (exit 2) and preemption as one line (exit
+  128 + the signal: SIGTERM 143, Ctrl-C 130)."""
   initialize_from_flags()
   if not flags.FLAGS["verbosity"].present:
     # orbax logs every save at INFO; our progress lines go to stdout.
     logging.set_verbosity(logging.WARNING)
   try:
-    return train_and_evaluate(config, workdir)
+    with workdir_lib.hold(workdir):
+      return train_and_evaluate(config, workdir)
+  except preemption.Preempted as e:
+    print(f"{e}.", file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
   except USER_ERRORS as e:
-    print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    print(f"error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr,
+          flush=True)
     sys.exit(2)
+
+
+def _one_line(e: Exception) -> str:
+  """The message of an error without the tracebacks some libraries embed
+  in it (absl's flag errors, ml_collections' config loading)."""
+  text = str(e).strip()
+  if "Traceback (most recent call last)" in text:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    text = lines[-1] if lines else text
+  return " ".join(text.split())[:2000]
 
 
 def _bad_override(e: Exception):
   # ml_collections reports an unknown --config.<field> or a value of the
   # wrong type this way; the message names the field.
-  print(f"error: bad --config override: {type(e).__name__}: {e}. The config "
-        "file lists the fields and their types.", file=sys.stderr)
+  print(f"error: bad --config override: {type(e).__name__}: {_one_line(e)}."
+        " The config file lists the fields and their types (--helpfull "
+        "shows them).", file=sys.stderr)
   sys.exit(2)
+
+
+HELP_FLAGS = ("--help", "--helpfull", "--helpshort", "-?", "-h")
+
+
+def config_fields(config, prefix: str = "config.") -> list[str]:
+  """``--config.<field>: <default>`` lines for every field of a config."""
+  out = []
+  for k, v in config.items():
+    if hasattr(v, "items"):
+      out += config_fields(v, f"{prefix}{k}.")
+    else:
+      out.append(f"  --{prefix}{k}: {v!r}")
+  return out
 
 
 def main(train_and_evaluate: Callable, binary_file: str, *,
@@ -108,12 +143,27 @@ def main(train_and_evaluate: Callable, binary_file: str, *,
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     run_experiment(train_and_evaluate, config.value, workdir.value)
 
+  def _help(argv):
+    # absl's own help flags exit with status 1 before the config is read;
+    # --help / --helpfull here print the flags and the config's fields, and
+    # exit 0.
+    args = [a for a in argv if a.split("=")[0] not in HELP_FLAGS]
+    if not any(a.startswith("--workdir") for a in args):
+      args.append("--workdir=unused")
+    flags.FLAGS(args)
+    app.usage(shorthelp=False, writeto_stdout=True)
+    print("\nConfig fields (override any with --config.<field>=<value>):\n"
+          + "\n".join(config_fields(config.value)))
+    sys.exit(0)
+
   def _parse(argv):
     try:
+      if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+        _help(argv)
       return flags.FLAGS(argv)
     except flags.Error as e:
-      print(f"error: {e}\nRun with --helpfull for the flags.",
-            file=sys.stderr)
+      print(f"error: {_one_line(e)}\nRun with --helpfull for the flags and "
+            "the config fields.", file=sys.stderr)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
       _bad_override(e)
     sys.exit(2)

@@ -8,7 +8,10 @@ write goes through :mod:`tljax.workdir` (process 0 alone).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import json
 import os
 import time
 from typing import Any, Callable, Iterator, Sequence
@@ -24,9 +27,40 @@ from tljax import models
 from tljax import params as params_lib
 from tljax import workdir as workdir_lib
 from tljax.methods import features as features_lib
+from tljax.train import preemption
 from tljax.train import trainer as trainer_lib
 
 PyTree = Any
+
+
+# Config fields that cannot change a run's result: a workdir may be resumed
+# with other values of these (tljax.workdir.claim).
+HARMLESS_FIELDS = ("log_every", "eval_every", "checkpoint_every", "plot",
+                   "parallel", "data_dir")
+
+
+def validate(config) -> None:
+  """Checks the settings every experiment shares before any work starts:
+  step counts, batch sizes and learning rates must be positive, seed counts
+  at least 1. Raises one ValueError naming the field and what to do."""
+  def walk(cfg, prefix=""):
+    for k, v in cfg.items():
+      name = f"{prefix}{k}"
+      if hasattr(v, "items"):
+        walk(v, name + ".")
+        continue
+      if isinstance(v, bool) or not isinstance(v, (int, float)):
+        continue
+      counts = (k.endswith("batch_size") or k.endswith("_steps")
+                and k != "warmup_steps" and "inner" not in k)
+      if counts and v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v}; it "
+                         "counts steps or examples.")
+      if k == "learning_rate" and not v > 0:
+        raise ValueError(f"{name} must be > 0, got {v}.")
+      if k == "num_seeds" and v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}.")
+  walk(config)
 
 
 # ------------------------------------------------------------------- data
@@ -63,7 +97,10 @@ def fit(trainer_: trainer_lib.Trainer, state, batches_from:
         seed: int | None = None):
   """:meth:`Trainer.fit` with the loop settings every experiment config
   has: ``num_steps`` and ``seed`` (the rng; both unless given),
-  ``eval_every``, ``log_every`` and ``checkpoint_every``."""
+  ``eval_every``, ``log_every`` and ``checkpoint_every``. The workdir
+  records the config that trains in it, and refuses another one
+  (:func:`tljax.workdir.claim`)."""
+  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS)
   return trainer_.fit(
       state, batches_from,
       num_steps=config.num_steps if num_steps is None else num_steps,
@@ -72,6 +109,26 @@ def fit(trainer_: trainer_lib.Trainer, state, batches_from:
       eval_every=config.get("eval_every", 0),
       log_every=config.get("log_every", 100),
       checkpoint_every=config.get("checkpoint_every", 0), name=name)
+
+
+def batches_from(config, arrays: dict, *, seed: int | None = None,
+                 batch_size: int | None = None
+                 ) -> Callable[[int], Iterator[dict]]:
+  """``start_step -> iterator`` of this process's batches of ``arrays``
+  (:func:`tljax.data.batches` with the config's ``batch_size`` and
+  ``seed`` unless given), for :func:`fit`. Says so in one line when the
+  batch is larger than the data: every batch then repeats examples, and a
+  step costs as much as several epochs."""
+  bs = config.batch_size if batch_size is None else batch_size
+  seed = config.seed if seed is None else seed
+  n = data_lib.num_examples(arrays)
+  if bs > n:
+    workdir_lib.say(f"note: batch_size {bs} is larger than the {n} training "
+                    f"examples, so every batch repeats each example about "
+                    f"{bs / n:.0f} times; a smaller batch_size trains as well "
+                    "for less.")
+  return lambda start: data_lib.batches(arrays, bs, seed=seed,
+                                        start_step=start)
 
 
 def load_into(path: str, init: PyTree, dont_load: Sequence[str] = ()
@@ -154,6 +211,56 @@ def feature_cache(model: nn.Module, params: PyTree, x: np.ndarray, *,
 
 
 # -------------------------------------------------------------- sweeps
+class Cells:
+  """The finished cells of a sweep, stored as they complete.
+
+  With a workdir, each cell's result is appended to
+  ``<workdir>/cells.jsonl`` the moment it is known, so a sweep started again
+  after a kill (or stopped by SIGTERM / Ctrl-C, see
+  :mod:`tljax.train.preemption`) resumes at the first unfinished cell.
+
+    cells = Cells(workdir)
+    acc = cells.get_or_run({"strategy": "finetune", "budget": "5",
+                            "seed": 0}, lambda: train_and_measure())
+  """
+
+  def __init__(self, workdir: str | None):
+    self.path = os.path.join(workdir, "cells.jsonl") if workdir else None
+    self._done = {self._key(r["cell"]): r["value"]
+                  for r in workdir_lib.read_jsonl(self.path)} \
+        if self.path else {}
+    if self._done:
+      workdir_lib.say(f"resuming a sweep: {len(self._done)} finished cells "
+                      f"in {self.path}")
+
+  @staticmethod
+  def _key(cell: dict) -> str:
+    return json.dumps(workdir_lib.to_json(cell), sort_keys=True)
+
+  def get_or_run(self, cell: dict, fn: Callable[[], Any]):
+    """The stored result of ``cell``, or ``fn()``, stored; then stops the
+    sweep here if SIGTERM or Ctrl-C came."""
+    key = self._key(cell)
+    if key not in self._done:
+      with preemption.watch() as stop:
+        value = workdir_lib.to_json(fn())
+        self._done[key] = value
+        if self.path:
+          workdir_lib.append_jsonl(self.path, {"cell": cell, "value": value})
+        stop.raise_if_requested(None, self.path)
+    return self._done[key]
+
+
+@contextlib.contextmanager
+def sweep_cells(config, workdir: str | None) -> Iterator[Cells]:
+  """The :class:`Cells` of a sweep in ``workdir``, which the sweep holds
+  (:func:`tljax.workdir.hold`) and whose recorded config must be this one
+  (:func:`tljax.workdir.claim`)."""
+  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS)
+  with workdir_lib.hold(workdir):
+    yield Cells(workdir)
+
+
 class Trainers:
   """The compiled trainers of a sweep, one per name, each built on first
   use and reused for every budget and seed (its runs differ only in their
@@ -180,32 +287,45 @@ class Trainers:
 
 def run_sweep(config, spec: str, strategies: Sequence[str],
               budgets: Sequence[int], seeds: Sequence[int],
-              run: Callable[[str, data_lib.Dataset, int], float], *,
-              num_classes: int | None = None) -> tuple[dict, dict]:
+              run: Callable[[str, data_lib.Dataset, int], Any], *,
+              num_classes: int | None = None,
+              workdir: str | None = None) -> tuple[dict, dict, dict]:
   """Every strategy at every label budget and seed on the target ``spec``.
 
   For each budget (labels per class, 0 = all) and seed, the labelled subset
   is drawn once (:func:`load` with that seed) and every strategy trains on
-  the same one: ``run(strategy, subset, seed) -> test accuracy``.
+  the same one: ``run(strategy, subset, seed)`` returns the test accuracy,
+  or a dict with ``accuracy`` and other JSON values to keep. With a
+  workdir, finished cells are stored as they complete (:class:`Cells`) and
+  a restarted sweep resumes at the first unfinished one.
 
   Returns:
-    ``(results, seconds)``: ``results[strategy][budget_name]`` is the
-    :func:`summarize` cell over seeds; ``seconds[strategy]`` its time.
+    ``(results, seconds, cells)``: ``results[strategy][budget_name]`` is the
+    :func:`summarize` cell over seeds; ``seconds[strategy]`` the time spent
+    on it in this process; ``cells[(strategy, budget_name, seed)]`` what
+    ``run`` returned.
   """
-  results = {n: {} for n in strategies}
-  seconds = {n: 0.0 for n in strategies}
-  for b in budgets:
-    key = budget_name(b)
-    subsets = [load(config, spec, seed=s, labels_per_class=b if b > 0
-                    else None).require_labels(num_classes) for s in seeds]
-    for name in strategies:
-      t = time.time()
-      accs = [run(name, ds, s) for ds, s in zip(subsets, seeds)]
-      seconds[name] += time.time() - t
-      results[name][key] = cell = summarize(accs)
-      workdir_lib.say(f"  labels/class {key:>4}  {name:<22} "
-                      f"{mean_std(cell):>12}  ({time.time() - t:.1f}s)")
-  return results, seconds
+  with sweep_cells(config, workdir) as store:
+    results = {n: {} for n in strategies}
+    seconds = {n: 0.0 for n in strategies}
+    cells = {}
+    for b in budgets:
+      key = budget_name(b)
+      subsets = [load(config, spec, seed=s, labels_per_class=b if b > 0
+                      else None).require_labels(num_classes) for s in seeds]
+      for name in strategies:
+        t = time.time()
+        for ds, s in zip(subsets, seeds):
+          cells[(name, key, s)] = store.get_or_run(
+              {"strategy": name, "budget": key, "seed": s},
+              functools.partial(run, name, ds, s))
+        accs = [c["accuracy"] if isinstance(c, dict) else c
+                for c in (cells[(name, key, s)] for s in seeds)]
+        seconds[name] += time.time() - t
+        results[name][key] = cell = summarize(accs)
+        workdir_lib.say(f"  labels/class {key:>4}  {name:<22} "
+                        f"{mean_std(cell):>12}  ({time.time() - t:.1f}s)")
+  return results, seconds, cells
 
 
 def run_seeds(config) -> list[int]:

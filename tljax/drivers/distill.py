@@ -28,6 +28,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   and ``_runs``) and the gain ``distillation_gain``.
   """
   t0 = time.time()
+  common.validate(config)
   c = config
   if c.num_seeds < 1:
     raise ValueError(f"num_seeds must be >= 1, got {c.num_seeds}")
@@ -49,18 +50,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
           student, tx, teacher=teacher, temperature=c.temperature,
           alpha=c.alpha), tx, c)}
   budget = c.labels_per_class if c.labels_per_class > 0 else None
-  runs = {"student": [], "distilled": []}
-  for i in range(c.num_seeds):
-    seed = c.seed + i
+
+  def run(name, seed):
     subset = common.load(c, c.data, seed=seed, labels_per_class=budget)
     params = models.init_params(student, shape,
                                 jax.random.key(1_000_003 + seed))
-    for name, trainer in trainers.items():
-      state, _ = trainer.train_from(
-          params, subset.arrays(), batch_size=c.batch_size,
-          num_steps=c.num_steps, seed=seed, rng=jax.random.key(seed),
-          extra={"teacher_params": teacher_params})
-      runs[name].append(evaluation.accuracy(student, state.params, test))
+    state, _ = trainers[name].train_from(
+        params, subset.arrays(), batch_size=c.batch_size,
+        num_steps=c.num_steps, seed=seed, rng=jax.random.key(seed),
+        extra={"teacher_params": teacher_params})
+    return evaluation.accuracy(student, state.params, test)
+
+  with common.sweep_cells(c, workdir) as cells:
+    runs = {name: [cells.get_or_run({"run": name, "seed": c.seed + i},
+                                    lambda: run(name, c.seed + i))  # noqa: B023
+                   for i in range(c.num_seeds)] for name in trainers}
   metrics = {"teacher_accuracy": teacher_acc,
              "teacher_params": params_lib.count_params(teacher_params),
              "student_params": params_lib.count_params(student_params0)}

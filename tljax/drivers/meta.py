@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tljax import data as data_lib
 from tljax import evaluation
 from tljax import models
 from tljax import optim
@@ -133,8 +132,7 @@ def _classification(config, workdir):
     make_step = functools.partial(supervised.make_step, model)
     acc_fn = functools.partial(protonet.episode_accuracies, model=model,
                                n_way=config.n_way, method="features")
-    batches_from = lambda s: data_lib.batches(  # noqa: E731
-        pre.arrays(), config.batch_size, seed=config.seed, start_step=s)
+    batches_from = common.batches_from(config, pre.arrays())
 
   acc_fn = jax.jit(acc_fn)
   val_fn = lambda p: dict(zip(  # noqa: E731
@@ -230,6 +228,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   ``mse_after_<k>`` and ``mse_after_<k>_ci95`` for sinusoids).
   """
   t0 = time.time()
+  common.validate(config)
   if config.task == "classification":
     if config.method not in CLASSIFICATION_METHODS:
       raise ValueError(f"method {config.method!r} does not do few-shot "

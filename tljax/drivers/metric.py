@@ -24,6 +24,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   (``metrics``: ``recall@1``, ``recall@5``, ``auc``, ``raw_recall@1``, ...).
   """
   t0 = time.time()
+  common.validate(config)
   if config.loss not in metric_learning.LOSSES:
     raise ValueError(f"loss must be 'triplet' or 'contrastive', got "
                      f"{config.loss!r}")

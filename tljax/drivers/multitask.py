@@ -24,6 +24,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   source task's test accuracy too.
   """
   t0 = time.time()
+  common.validate(config)
   c = config
   if c.num_seeds < 1:
     raise ValueError(f"num_seeds must be >= 1, got {c.num_seeds}")
@@ -46,22 +47,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
   trainers = {m: common.trainer(multitask.make_step(model, tx, weights=w),
                                 tx, c) for m, w in modes.items()}
   budget = c.labels_per_class if c.labels_per_class > 0 else None
-  runs = {m: {"target": [], "source": []} for m in modes}
-  for i in range(c.num_seeds):
-    seed = c.seed + i
+
+  def run(mode, seed):
+    """Test accuracy of each task trained in ``mode`` with ``seed``."""
     target = common.load(c, c.target, seed=seed, labels_per_class=budget)
     params = models.init_params(model, shape, jax.random.key(1_000_003 + seed))
-    for mode, trainer in trainers.items():
-      tasks = {"target": target.arrays()}
-      if mode == "joint":
-        tasks["source"] = source.arrays()
-      batches = multitask.task_batches(tasks, c.batch_size, c.num_steps,
-                                       seed=seed)
-      state, _ = trainer.run_stacked(trainer.init_state(params), batches,
-                                     jax.random.key(seed))
-      for task in ("target", "source") if mode == "joint" else ("target",):
-        runs[mode][task].append(multitask.task_accuracy(
-            model, state.params, task, tests[task].x, tests[task].y))
+    tasks = {"target": target.arrays()}
+    if mode == "joint":
+      tasks["source"] = source.arrays()
+    batches = multitask.task_batches(tasks, c.batch_size, c.num_steps,
+                                     seed=seed)
+    trainer = trainers[mode]
+    state, _ = trainer.run_stacked(trainer.init_state(params), batches,
+                                   jax.random.key(seed))
+    return {task: multitask.task_accuracy(model, state.params, task,
+                                          tests[task].x, tests[task].y)
+            for task in tasks}
+
+  runs = {m: {"target": [], "source": []} for m in modes}
+  with common.sweep_cells(c, workdir) as cells:
+    for i in range(c.num_seeds):
+      for mode in modes:
+        acc = cells.get_or_run({"mode": mode, "seed": c.seed + i},
+                               lambda: run(mode, c.seed + i))  # noqa: B023
+        for task, a in acc.items():
+          runs[mode][task].append(a)
   metrics = {}
   for mode, per_task in runs.items():
     for task, r in per_task.items():

@@ -11,7 +11,6 @@ import time
 import jax
 import jax.numpy as jnp
 
-from tljax import data as data_lib
 from tljax import models
 from tljax import optim
 from tljax import viz
@@ -53,8 +52,7 @@ def _train_sources(config, workdir, net):
     test = common.load(config, spec, "test")
     state, _ = common.fit(
         trainer, trainer.init_state(params),
-        lambda s, ds=ds: data_lib.batches(ds.arrays(), config.batch_size,
-                                          seed=config.seed, start_step=s),
+        common.batches_from(config, ds.arrays()),
         config, workdir=workdir, num_steps=config.source_steps,
         eval_fn=lambda p, net=net, test=test: {
             "accuracy": progressive.accuracy(net, p, test)},
@@ -74,6 +72,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   ``accuracy.png``.
   """
   t0 = time.time()
+  common.validate(config)
   strategies, budgets = common.check_sweep(
       config.strategies, STRATEGIES, config.budgets,
       num_seeds=config.num_seeds)
@@ -121,14 +120,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       before = params
       params = train(name, net, params, data, seed,
                      progressive.freeze_earlier_rules(net))
-      if name == "progressive" and "source_accuracy_after" not in metrics:
+      if name == "progressive":
         # Frozen means frozen: column 0 still scores what it scored.
-        metrics["earlier_columns_unchanged"] = all(
-            bool(jnp.array_equal(a, c)) for a, c in zip(
-                jax.tree.leaves(before["columns_0"]),
-                jax.tree.leaves(params["columns_0"])))
-        metrics["source_accuracy_after"] = progressive.column_accuracy(
-            net, params, source_test, 0)
+        return {"accuracy": progressive.accuracy(net, params, test),
+                "earlier_columns_unchanged": all(
+                    bool(jnp.array_equal(a, c)) for a, c in zip(
+                        jax.tree.leaves(before["columns_0"]),
+                        jax.tree.leaves(params["columns_0"]))),
+                "source_accuracy_after": progressive.column_accuracy(
+                    net, params, source_test, 0)}
     elif name == "finetune":
       net, params = progressive.single_column_from(
           src_net, src_params, last, num_outputs=n_out, example_shape=shape,
@@ -140,9 +140,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
                      seed)
     return progressive.accuracy(net, params, test)
 
-  results, _ = common.run_sweep(config, config.target, strategies, budgets,
-                                common.run_seeds(config), run,
-                                num_classes=n_out)
+  results, _, cells = common.run_sweep(
+      config, config.target, strategies, budgets, common.run_seeds(config),
+      run, num_classes=n_out, workdir=workdir)
+  firsts = [c for c in cells.values() if isinstance(c, dict)]
+  if firsts:
+    metrics["earlier_columns_unchanged"] = all(
+        c["earlier_columns_unchanged"] for c in firsts)
+    metrics["source_accuracy_after"] = firsts[0]["source_accuracy_after"]
   table = common.budgets_table(results, strategies, budgets)
   metrics["accuracy"] = results
   head = "progressive" if "progressive" in strategies else strategies[0]

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from tljax import data as data_lib
 from tljax import evaluation
 from tljax import models
 from tljax import optim
@@ -55,8 +54,7 @@ def _pretrain(config, workdir, ae, unlabelled, test):
   trainer = common.trainer(step, tx, config)
   state, last = common.fit(
       trainer, trainer.init_state(random_params),
-      lambda s: data_lib.batches({"x": unlabelled}, config.batch_size,
-                                 seed=config.seed, start_step=s),
+      common.batches_from(config, {"x": unlabelled}),
       config, workdir=workdir, num_steps=config.pretrain_steps,
       eval_fn=lambda p: {"test_mse": float(np.mean(
           (evaluation.predict(ae, p, test.x) - test.x) ** 2))},
@@ -73,6 +71,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   ``self_taught.png``.
   """
   t0 = time.time()
+  common.validate(config)
   if not config.unlabelled:
     raise ValueError("self-taught learning needs unlabelled data "
                      "(config.unlabelled, a list of data specs).")
@@ -158,9 +157,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     params = train(name, model, params, data.arrays(), seed)
     return evaluation.accuracy(model, params, test)
 
-  results, _ = common.run_sweep(config, config.target, strategies, budgets,
-                                common.run_seeds(config), run,
-                                num_classes=n_out)
+  results, _, _ = common.run_sweep(
+      config, config.target, strategies, budgets, common.run_seeds(config),
+      run, num_classes=n_out, workdir=workdir)
   names = [common.budget_name(b) for b in budgets]
 
   # 3. Clustering the target test set.

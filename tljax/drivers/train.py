@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 
-from tljax import data as data_lib
 from tljax import evaluation
 from tljax import models
 from tljax import optim
@@ -34,6 +33,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   ``train_accuracy``, ...) in ``workdir``.
   """
   t0 = time.time()
+  common.validate(config)
   if config.train_on not in ("source", "target"):
     raise ValueError(f"train_on must be 'source' or 'target', got "
                      f"{config.train_on!r}")
@@ -68,8 +68,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
              if eval_set is not None else None)
   state, last = common.fit(
       trainer, trainer.init_state(params),
-      lambda start: data_lib.batches(train.arrays(), config.batch_size,
-                                     seed=config.seed, start_step=start),
+      common.batches_from(config, train.arrays()),
       config, workdir=workdir, eval_fn=eval_fn)
   metrics = {"train_examples": len(train),
              "train_accuracy": evaluation.accuracy(model, state.params, train),

@@ -12,7 +12,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from tljax import data as data_lib
 from tljax import models
 from tljax import optim
 from tljax import viz
@@ -62,6 +61,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   training run's progress is in ``metrics_<method>_run<k>.jsonl``.
   """
   t0 = time.time()
+  common.validate(config)
   methods = list(config.methods)
   bad = [m for m in methods if m not in zsl.METHODS]
   if bad or not methods:
@@ -125,8 +125,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       state, _ = common.fit(
           trainer, trainer.init_state(params, extra={
               "class_attributes": jnp.asarray(seen_attrs, jnp.float32)}),
-          lambda s, seed=seed, train=train: data_lib.batches(
-              train.arrays(), config.batch_size, seed=seed, start_step=s),
+          common.batches_from(config, train.arrays(), seed=seed),
           config, workdir=workdir, eval_fn=seen_accuracy, seed=seed,
           name=f"{method}_run{k}")
       m = zsl.evaluate(method, model, state.params, class_attributes=attrs,

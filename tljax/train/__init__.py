@@ -7,6 +7,7 @@ use, so code that only builds and runs steps never loads orbax.
 import importlib
 
 from tljax.train.parallel import compile_step
+from tljax.train.preemption import Preempted
 from tljax.train.state import TrainState
 from tljax.train.state import create_train_state
 from tljax.train.state import loss_step
@@ -18,8 +19,8 @@ from tljax.train.trainer import stack_batches
 _CHECKPOINT = ("Checkpointer", "save_params", "load_params")
 
 __all__ = ["TrainState", "create_train_state", "train_step", "loss_step",
-           "compile_step", "Trainer", "TrainingDiverged", "stack_batches",
-           *_CHECKPOINT]
+           "compile_step", "Trainer", "TrainingDiverged", "Preempted",
+           "stack_batches", *_CHECKPOINT]
 
 
 def __getattr__(name):

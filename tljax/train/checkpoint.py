@@ -50,8 +50,17 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(
         lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
-    restored = self._manager.restore(step,
-                                     args=ocp.args.StandardRestore(abstract))
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.StandardRestore(abstract))
+    except (ValueError, KeyError, TypeError) as e:
+      # orbax lists every mismatched leaf over many lines; one is enough.
+      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      raise ValueError(
+          f"the checkpoint at step {step} in {self.directory} does not fit "
+          f"this run's model or optimizer ({type(e).__name__}: {first}); it "
+          "was made by another run. Use a new workdir (or delete this one).") \
+          from None
     return jax.tree.map(np.asarray, restored)
 
   def close(self):

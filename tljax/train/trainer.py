@@ -37,9 +37,10 @@ import jax
 import numpy as np
 import optax
 
-from tljax.data import batching
 from tljax import workdir as workdir_lib
+from tljax.data import batching
 from tljax.train import parallel as parallel_lib
+from tljax.train import preemption
 from tljax.train.state import create_train_state
 
 PyTree = Any
@@ -194,21 +195,43 @@ class Trainer:
       ``(state, metrics)``: the final host-side state and the last train and
       eval metrics (eval ones prefixed ``eval_``).
 
+    SIGTERM or Ctrl-C (:mod:`tljax.train.preemption`) end the run after
+    the current step with a checkpoint at that step and
+    :class:`~tljax.train.preemption.Preempted`; the workdir is held
+    (:func:`tljax.workdir.hold`) for the whole run.
+
     Raises:
       TrainingDiverged: at the first step with a NaN or Inf metric.
+      Preempted: on SIGTERM or SIGINT.
+      ValueError: if another process holds the workdir.
     """
+    with workdir_lib.hold(workdir), preemption.watch() as stop:
+      return self._fit(state, batches_from, num_steps, rng, workdir, eval_fn,
+                       eval_every, max(log_every, 1), checkpoint_every, name,
+                       stop)
+
+  def _fit(self, state, batches_from, num_steps, rng, workdir, eval_fn,
+           eval_every, every, checkpoint_every, name, stop):
+    if num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     c = self.compiled
     ckpt = None
     start = 0
+    jsonl = None
     if workdir:
       # Imported here: orbax is only needed by runs that keep a workdir.
       from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
       ckpt = checkpoint.Checkpointer(
           workdir if name == "train" else os.path.join(workdir, name))
+      jsonl = os.path.join(workdir, "metrics.jsonl" if name == "train"
+                           else f"metrics_{name}.jsonl")
       latest = ckpt.latest_step()
       if latest is not None:
         state = ckpt.restore(state, latest)
         start = int(latest)
+        # Records past the checkpoint were made by a run that did not get to
+        # save them; this run makes them again.
+        workdir_lib.trim_jsonl(jsonl, start)
         if start >= num_steps:
           workdir_lib.say(
               f"[{name}] {ckpt.directory} already holds a finished run (step "
@@ -217,33 +240,43 @@ class Trainer:
         else:
           workdir_lib.say(f"[{name}] resumed from checkpoint at step {start}"
                           f" in {ckpt.directory}")
-    jsonl = (os.path.join(workdir, "metrics.jsonl" if name == "train"
-                          else f"metrics_{name}.jsonl") if workdir else None)
 
     def record(step, split, metrics):
       if jsonl:
         workdir_lib.append_jsonl(jsonl, {"step": int(step), "split": split,
                                          **metrics})
 
+    def saved_note():
+      latest = ckpt.latest_step() if ckpt is not None else None
+      return (f" The last checkpoint, at step {latest}, is in "
+              f"{ckpt.directory}." if latest is not None
+              else " No checkpoint had been saved.")
+
     state = c.put_state(state)
     it = batches_from(start)
     pending: list[tuple[int, Any]] = []
     last: dict = {}
-    every = max(log_every, 1)
     t0 = time.perf_counter()
+
+    def flush(done):
+      fetched = [(s, c.metrics(m)) for s, m in pending]
+      pending.clear()
+      try:
+        check_finite(fetched)
+      except TrainingDiverged as e:
+        raise TrainingDiverged(str(e) + saved_note()) from None
+      for s, m in fetched:
+        if s % every == 0 or s == num_steps:
+          record(s, "train", m)
+      return dict(fetched[-1][1]) if fetched else {}
+
     for step in range(start, num_steps):
       state, metrics = c(state, c.put_batch(next(it)), rng)
       pending.append((step + 1, metrics))
       done = step + 1
       is_last = done == num_steps
       if done % every == 0 or is_last:
-        fetched = [(s, c.metrics(m)) for s, m in pending]
-        pending.clear()
-        check_finite(fetched)
-        for s, m in fetched:
-          if s % every == 0 or s == num_steps:
-            record(s, "train", m)
-        last = dict(fetched[-1][1])
+        last = flush(done)
         rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
         eta = (num_steps - done) / max(rate, 1e-9)
         workdir_lib.say(f"[{name}] step {done}/{num_steps}  {_fmt(last)}  "
@@ -256,13 +289,25 @@ class Trainer:
         record(done, "eval", ev)
         last.update(ev)
         workdir_lib.say(f"[{name}] eval at step {done}: {_fmt(ev)}")
-      if ckpt is not None and ((checkpoint_every
-                                and done % checkpoint_every == 0) or is_last):
+      if ckpt is not None and (is_last or stop.requested or (
+          checkpoint_every and done % checkpoint_every == 0)):
         ckpt.save(done, c.get_state(state))
+      if stop.requested and not is_last:
+        flush(done)
+        if ckpt is not None:
+          ckpt.close()
+        stop.raise_if_requested(done, ckpt.directory if ckpt else None)
     host_state = c.get_state(state)
     if ckpt is not None:
       ckpt.close()
-    if start >= num_steps and eval_fn is not None:
-      last = {f"eval_{k}": v for k, v in eval_fn(host_state.params).items()}
+    if start >= num_steps:
+      # A finished run: its last train metrics are on record, eval anew.
+      rows = [r for r in workdir_lib.read_jsonl(jsonl) if r.get("split")
+              == "train"] if jsonl else []
+      last = {k: v for k, v in (rows[-1] if rows else {}).items()
+              if k not in ("step", "split") and v is not None}
+      if eval_fn is not None:
+        last.update({f"eval_{k}": v
+                     for k, v in eval_fn(host_state.params).items()})
     return host_state, {k: float(v) for k, v in last.items()
                         if np.ndim(v) == 0}
