@@ -82,3 +82,101 @@ def test_bad_configs_fail_before_training(tmp_path):
                target=f"npz:{tmp_path}/tgt2.npz", head_from_source=True),
         str(tmp_path / "c"))
   assert not os.path.exists(tmp_path / "b" / "source")
+
+
+def _candidates(**overrides):
+  config = report_config.get_config("candidates,quick")
+  config.update(candidates=("data:mnist1d:clean", "random"))
+  config.update(overrides)
+  return config
+
+
+def test_candidates_are_scored_fine_tuned_and_ranked(tmp_path, capsys):
+  from tljax.methods import transferability
+  workdir = str(tmp_path / "cands")
+  metrics = transfer_report.train_and_evaluate(_candidates(), workdir)
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  m = results["metrics"]["candidates"]
+  specs = ["data:mnist1d:clean", "random"]
+  assert m["specs"] == m["finetuned"] == specs
+  assert results["config"]["candidates"] == specs
+  for s in specs:
+    for budget in ("5", "all"):
+      cell = m["scores"][s][budget]
+      assert sorted(cell) == sorted(transferability.SCORES)
+      for sc in transferability.SCORES:
+        assert len(cell[sc]["runs"]) == 2
+        assert all(np.isfinite(cell[sc]["runs"]))
+      assert cell["leep"]["mean"] <= 0 and cell["nce"]["mean"] <= 1e-9
+      assert -1e-9 <= cell["h_score"]["mean"] <= 9 + 1e-6
+      acc = m["accuracy"][s][budget]
+      assert 0 <= acc["mean"] <= 1 and len(acc["runs"]) == 2
+      strategy = m["strategy"][s][budget]
+      assert acc == m["sweep"][s][strategy][budget]
+      assert acc["mean"] == max(r[budget]["mean"]
+                                for r in m["sweep"][s].values())
+  for budget in ("5", "all"):
+    accs = [m["accuracy"][s][budget]["mean"] for s in specs]
+    assert m["best_candidate"][budget] == specs[int(np.argmax(accs))]
+    for sc in transferability.SCORES:
+      r = m["ranking"][budget][sc]
+      assert r["kendall_tau"] is None or -1 <= r["kendall_tau"] <= 1
+      assert isinstance(r["top1_hit"], bool)
+      assert r["picked"] in specs + [None]
+  assert set(metrics["candidates"]["ranking"]) == {"5", "all"}
+  assert m["source_accuracy_on_source"]["data:mnist1d:clean"] >= 0
+  with open(os.path.join(workdir, "table.md")) as f:
+    table = f.read()
+  assert "| candidate | LEEP | LogME | H-score | NCE | TransRate |" in table
+  assert "| score | 5: tau | 5: top-1 | all: tau | all: top-1 |" in table
+  with open(os.path.join(workdir, "transferability.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.path.isdir(os.path.join(workdir, "candidates", "0", "params"))
+  # The pretrained candidate again, as a checkpoint: same parameters, same
+  # labelled subsets, so the same scores; nothing is trained before tuning.
+  capsys.readouterr()
+  again = transfer_report.train_and_evaluate(
+      _candidates(candidates=(f"ckpt:{workdir}/candidates/0", "random"),
+                  strategies=("linear_probe",), budgets=(5,)),
+      str(tmp_path / "again"))["candidates"]
+  assert "training the source model" not in capsys.readouterr().out
+  for s, t in ((f"ckpt:{workdir}/candidates/0", "data:mnist1d:clean"),
+               ("random", "random")):
+    for sc in transferability.SCORES:
+      np.testing.assert_allclose(again["scores"][s]["5"][sc]["mean"],
+                                 m["scores"][t]["5"][sc]["mean"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"candidates": ("data:mnist1d:clean", "imagenet")}, "none of the forms"),
+    ({"candidates": ("data:mnist1d:clean", "data:")}, "none of the forms"),
+    ({"candidates": ("random",)}, "at least two"),
+    ({"candidates": ("random", "random")}, "more than once"),
+    ({"candidates": ("data:mnist1d:clean", "data:digits")}, "shape"),
+    ({"num_finetune": 1}, "num_finetune"),
+    ({"select_by": "accuracy"}, "select_by"),
+    ({"candidate_accuracy": "lwf"}, "candidate_accuracy"),
+    ({"strategies": ("scratch",)}, "scratch does not read it"),
+])
+def test_bad_candidates_fail_before_training(tmp_path, overrides, match):
+  workdir = tmp_path / "bad"
+  with pytest.raises(ValueError, match=match):
+    transfer_report.train_and_evaluate(_candidates(**overrides), str(workdir))
+  assert not os.path.exists(workdir / "candidates")
+
+
+def test_candidate_checkpoint_of_another_input_shape_fails(tmp_path):
+  from tljax import models
+  from tljax.train import checkpoint
+  model = models.build_classifier(_candidates().model, 10, (8, 8, 1))
+  checkpoint.save_params(str(tmp_path / "digits"),
+                         models.init_params(model, (8, 8, 1), 0))
+  with pytest.raises(ValueError, match="do not fit"):
+    transfer_report.train_and_evaluate(
+        _candidates(candidates=(f"ckpt:{tmp_path}/digits", "random")),
+        str(tmp_path / "w"))
+  with pytest.raises(FileNotFoundError):
+    transfer_report.train_and_evaluate(
+        _candidates(candidates=(f"ckpt:{tmp_path}/nowhere", "random")),
+        str(tmp_path / "w"))

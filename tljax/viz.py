@@ -223,3 +223,44 @@ def accuracy_bars(path: str, results: dict, budgets: Sequence[str],
     ax.set_title("k-means on the target test set")
     ax.legend(fontsize=8)
   return _save(fig, path)
+
+
+# ------------------------------------------------------ transferability
+def transferability_ranking(path: str, scores: dict, accuracy: dict,
+                            budgets: Sequence[str], score_names: dict,
+                            ranking: dict, title: str = "") -> str:
+  """Fine-tuned accuracy against each transferability score, one panel per
+  label budget (rows) and score (columns), one colour per candidate.
+
+  ``scores[candidate][budget][score]`` and ``accuracy[candidate][budget]``
+  are :func:`tljax.drivers.common.summarize` cells (means drawn, accuracy
+  std as error bars); ``score_names`` maps score keys to labels;
+  ``ranking[budget][score]["kendall_tau"]`` goes in each panel's title."""
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  candidates = list(scores)
+  fig = _figure(2.9 * len(score_names) + 1.5, 2.5 * len(budgets) + 0.6)
+  colors = [f"C{i % 10}" for i in range(len(candidates))]
+  for r, b in enumerate(budgets):
+    for j, (key, label) in enumerate(score_names.items()):
+      ax = fig.add_subplot(len(budgets), len(score_names),
+                           r * len(score_names) + j + 1)
+      for cand, color in zip(candidates, colors):
+        acc = accuracy[cand][b]
+        ax.errorbar(scores[cand][b][key]["mean"], 100 * acc["mean"],
+                    yerr=100 * acc["std"], fmt="o", color=color, capsize=2,
+                    markersize=5, label=cand)
+      tau = ranking[b][key]["kendall_tau"]
+      tau = "n/a" if tau is None or not np.isfinite(tau) else f"{tau:+.2f}"
+      ax.set_title(f"{label}, {b}/class: tau {tau}", fontsize=8)
+      ax.tick_params(labelsize=7)
+      ax.locator_params(axis="x", nbins=3)
+      ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.4g"))
+      ax.grid(alpha=0.3)
+      if j == 0:
+        ax.set_ylabel("fine-tuned acc. (%)", fontsize=8)
+  handles, labels = fig.axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4),
+             fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) > 4), 1, 0.97))
+  return workdir_lib.save_figure(fig, path)

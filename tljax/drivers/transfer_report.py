@@ -35,26 +35,63 @@ compiled once and reused for every budget and seed
 (``metrics.accuracy[strategy][budget]`` with ``mean``, ``std``, ``runs``;
 ``metrics.best_strategy[budget]``), ``table.md`` and
 ``accuracy_vs_labels.png``.
+
+Which source to start from (``candidates``, one step earlier): with a list
+of candidate sources the report ranks them before any fine-tuning, with the
+transferability scores of :mod:`tljax.methods.transferability` (LEEP, LogME,
+H-score, NCE, TransRate) on each candidate's cached features of the labelled
+target examples of every budget and seed, then fine-tunes the top
+``num_finetune`` of them (ranked by ``select_by``; 0 = all) with the strategy
+sweep above and says how well each score's ranking predicted the fine-tuned
+accuracy (Kendall's tau, top-1 hit) per budget. A candidate is
+
+==================  ===========================================================
+``data:<spec>``     a classifier pretrained on that data set (any
+                    :func:`tljax.data.load` spec) with the ``pretrain``
+                    settings, in ``<workdir>/candidates/<k>``
+``ckpt:<path>``     a tljax classifier's parameters (a params directory or
+                    the workdir of a source run) of the ``model`` config
+``random``          an untrained initialisation (the no-transfer baseline)
+==================  ===========================================================
+
+Every candidate must read the target's inputs (same example shape), or
+the run stops with one error before any training. ``source`` and
+``init_from`` are not used then; nor is ``scratch`` (the ``random``
+candidate stands for it). Each candidate's sweep keeps its finished cells
+in ``<workdir>/finetune/<k>`` (a restarted run resumes there). A
+candidate's fine-tuned accuracy is that of its
+best strategy at each budget (``candidate_accuracy="best"``) or of the one
+strategy named there. Outputs: ``metrics.candidates`` in ``results.json``
+(``scores[candidate][budget][score]``, ``accuracy[candidate][budget]``,
+``ranking[budget][score]`` with ``kendall_tau``, ``top1_hit`` and
+``picked``, ``best_candidate[budget]``; scores equal to 6 significant
+digits are ties, and a tie for the top score picks none), ``table.md`` and
+``transferability.png``. Without candidates the report is the one-source
+report above, unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from tljax import data as data_lib
 from tljax import evaluation
 from tljax import losses
 from tljax import models
 from tljax import optim
+from tljax import params as params_lib
 from tljax import viz
 from tljax import workdir as workdir_lib
 from tljax.drivers import common
 from tljax.methods import features as features_lib
 from tljax.methods import finetune
+from tljax.methods import transferability
 
 PyTree = Any
 
@@ -67,15 +104,17 @@ class _Runner:
   """Trains the strategies; compiled steps are kept across budgets/seeds."""
 
   def __init__(self, config, *, model, source_model, source_params,
-               cache_train: features_lib.FeatureCache, test_features, test):
+               cache_train: features_lib.FeatureCache, test_features, test,
+               trainers: common.Trainers | None = None):
     self.c, self.model, self.source_model = config, model, source_model
     self.keep_head = config.head_from_source
     self.source_params = source_params
     self.num_layers = model.backbone.num_layers
     self.cache_train, self.test_features, self.test = (cache_train,
                                                        test_features, test)
-    self.trainers = common.Trainers(config, batch_size=config.batch_size,
-                                    num_steps=config.num_steps)
+    # Runners with the same models may share compiled steps (candidates).
+    self.trainers = trainers or common.Trainers(
+        config, batch_size=config.batch_size, num_steps=config.num_steps)
     self._gradual: dict[int, Any] = {}
 
   def _tx(self, params, lr_rules=None):
@@ -167,17 +206,21 @@ def _check(config, source, target, model):
       source, [("target", target)],
       "the source model cannot read them. Choose domains with one input "
       "shape.")
+  _check_freeze(config, model)
+  if config.head_from_source and source.num_classes != target.num_classes:
+    raise ValueError(f"head_from_source needs the same classes in source and "
+                     f"target, got {source.num_classes} and "
+                     f"{target.num_classes}; set --config.head_from_source="
+                     "False to give the target a new head.")
+
+
+def _check_freeze(config, model):
   num_layers = model.backbone.num_layers
   if ("freeze_first" in config.strategies
       and not 0 < config.freeze_layers < num_layers):
     raise ValueError(f"freeze_layers must be in [1, {num_layers - 1}] for a "
                      f"backbone of {num_layers} layers, got "
                      f"{config.freeze_layers}")
-  if config.head_from_source and source.num_classes != target.num_classes:
-    raise ValueError(f"head_from_source needs the same classes in source and "
-                     f"target, got {source.num_classes} and "
-                     f"{target.num_classes}; set --config.head_from_source="
-                     "False to give the target a new head.")
 
 
 def _best(results, strategies, budgets):
@@ -204,14 +247,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Raises:
     ValueError: on unknown strategies, an empty budget list, a target whose
-      examples differ in shape from the source's, or an unlabelled target.
+      examples differ in shape from the source's, or an unlabelled target;
+      with candidates also on a malformed or duplicated candidate, one
+      whose inputs differ in shape from the target's, or bad
+      ``num_finetune``, ``select_by`` or ``candidate_accuracy`` (all before
+      any training).
+    FileNotFoundError: on a ``ckpt:`` candidate with no parameters there.
   """
   t0 = time.time()
+  common.validate(config)
   c = config
+  if c.get("candidates"):
+    return _rank_candidates(c, workdir, t0)
   source = common.load(c, c.source).require_labels()
-  target = common.load(c, c.target).require_labels()
-  test = common.load(c, c.target, "test", num_examples=c.eval_examples or None
-                     ).require_labels(target.num_classes)
+  target, test = _target(c)
   shape = source.example_shape
   model_src = models.build_classifier(c.model, source.num_classes, shape)
   model = models.build_classifier(c.model, target.num_classes, shape)
@@ -237,10 +286,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
       f"{target.num_classes} classes; {len(strategies)} strategies x "
       f"{len(budgets)} budgets x {c.num_seeds} seeds, {c.num_steps} steps of "
       f"{c.batch_size} each")
-  results, timing = common.run_sweep(
+  results, timing, _ = common.run_sweep(
       c, c.target, strategies, budgets,
       [c.seed + i for i in range(c.num_seeds)], runner.run,
-      num_classes=target.num_classes)
+      num_classes=target.num_classes, workdir=workdir)
   names = [common.budget_name(b) for b in budgets]
   table_strategies = list(strategies)
   source_only = None
@@ -280,6 +329,329 @@ def train_and_evaluate(config, workdir: str) -> dict:
              "wall_seconds": time.time() - t0}
   metrics = {k: v for k, v in metrics.items() if v is not None}
   workdir_lib.write_results(workdir, metrics, c, table=table,
+                            plot=os.path.basename(plot))
+  workdir_lib.say(f"wrote {workdir}/results.json, table.md and "
+                  f"{os.path.basename(plot)} in {time.time() - t0:.0f}s")
+  return metrics
+
+
+def _target(c) -> tuple[data_lib.Dataset, data_lib.Dataset]:
+  """The labelled target train set and its test set."""
+  target = common.load(c, c.target).require_labels()
+  test = common.load(c, c.target, "test", num_examples=c.eval_examples or None
+                     ).require_labels(target.num_classes)
+  return target, test
+
+
+# ------------------------------------------------------------ candidates
+SCORE_NAMES = {"leep": "LEEP", "log_me": "LogME", "h_score": "H-score",
+               "nce": "NCE", "transrate": "TransRate"}
+CANDIDATE_FORMS = ("data:<data spec> (pretrain on it), ckpt:<params directory "
+                   "or workdir> (a tljax classifier), random (untrained)")
+
+
+@dataclasses.dataclass
+class _Candidate:
+  """One candidate source: its spec, classifier (with its own classes) and
+  parameters (``None`` until a ``data:`` candidate is pretrained)."""
+  spec: str
+  kind: str
+  arg: str
+  model: Any
+  params: PyTree = None
+
+
+def _check_candidate_config(c, model) -> list[str]:
+  """The candidate settings; returns the strategies to fine-tune with."""
+  common.check_sweep(c.strategies, STRATEGIES, c.budgets,
+                     num_seeds=c.num_seeds)
+  strategies = [s for s in c.strategies if s != "scratch"]
+  if not strategies:
+    raise ValueError("with candidates, strategies must name one that starts "
+                     "from the candidate (scratch does not read it; the "
+                     "'random' candidate stands for it), e.g. finetune")
+  _check_freeze(c, model)
+  specs = [str(s) for s in c.candidates]
+  if len(specs) < 2:
+    raise ValueError(f"candidates needs at least two sources to rank, got "
+                     f"{specs}; each is one of {CANDIDATE_FORMS}")
+  dup = sorted({s for s in specs if specs.count(s) > 1})
+  if dup:
+    raise ValueError(f"candidates {dup} are listed more than once")
+  if not (c.num_finetune == 0 or 2 <= c.num_finetune <= len(specs)):
+    raise ValueError(f"num_finetune must be 0 (all) or in [2, {len(specs)}] "
+                     f"(a ranking needs two fine-tuned candidates), got "
+                     f"{c.num_finetune}")
+  if c.select_by not in transferability.SCORES:
+    raise ValueError(f"select_by must be one of {transferability.SCORES}, "
+                     f"got {c.select_by!r}")
+  if c.candidate_accuracy not in ["best"] + strategies:
+    raise ValueError(f"candidate_accuracy must be 'best' or one of the "
+                     f"strategies {strategies}, got {c.candidate_accuracy!r}")
+  if c.get("init_from"):
+    workdir_lib.say("note: init_from is not used with candidates (a "
+                    "checkpoint is the candidate ckpt:<path>)")
+  return strategies
+
+
+def _checkpoint_candidate(c, spec: str, path: str, shape) -> _Candidate:
+  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  raw = checkpoint.load_params(path)
+  head = raw.get("head") if isinstance(raw, dict) else None
+  kernel = head.get("kernel") if isinstance(head, dict) else None
+  if kernel is None or np.ndim(kernel) != 2:
+    raise ValueError(f"candidate {spec!r}: {path} holds no tljax classifier "
+                     "(its parameters have no head/kernel); point it at the "
+                     "workdir of a source run or at its params directory.")
+  model = models.build_classifier(c.model, int(np.shape(kernel)[-1]), shape)
+  try:
+    params = params_lib.merge_params(raw, models.init_params(model, shape,
+                                                             c.seed))
+  except ValueError as e:
+    raise ValueError(
+        f"candidate {spec!r}: its parameters do not fit the model config's "
+        f"classifier on the target's inputs of shape {shape} (trained on "
+        f"inputs of another shape, or with another model?): {e}") from None
+  return _Candidate(spec, "ckpt", path, model, params)
+
+
+def _parse_candidates(c, target: data_lib.Dataset) -> list[_Candidate]:
+  """Every candidate read and checked before any training."""
+  shape = target.example_shape
+  out = []
+  for spec in (str(s) for s in c.candidates):
+    kind, _, arg = spec.partition(":")
+    if spec == "random":
+      model = models.build_classifier(c.model, target.num_classes, shape)
+      cand = _Candidate(spec, "random", "", model,
+                        models.init_params(model, shape, c.seed))
+    elif kind == "data" and arg:
+      ds = common.load(c, arg).require_labels()
+      common.check_same_shape(
+          target, [(f"candidate {spec!r}:", ds)],
+          "every candidate must read the target's inputs. Choose sources "
+          "with the target's input shape.")
+      cand = _Candidate(spec, "data", arg, models.build_classifier(
+          c.model, ds.num_classes, shape))
+    elif kind == "ckpt" and arg:
+      cand = _checkpoint_candidate(c, spec, arg, shape)
+    else:
+      raise ValueError(f"candidate {spec!r} is none of the forms "
+                       f"{CANDIDATE_FORMS}")
+    if c.head_from_source and cand.model.num_classes != target.num_classes:
+      raise ValueError(f"head_from_source needs the same classes in every "
+                       f"candidate and the target, but {spec!r} has "
+                       f"{cand.model.num_classes} and the target "
+                       f"{target.num_classes}; set --config.head_from_source="
+                       "False to give the target a new head.")
+    out.append(cand)
+  return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(1, keepdims=True))
+  return z / z.sum(1, keepdims=True)
+
+
+def _select(scores: dict, specs: list[str], names: list[str], by: str,
+            k: int) -> list[str]:
+  """The ``k`` candidates ranked best by score ``by`` (mean rank over the
+  budgets), in their listed order."""
+  if k in (0, len(specs)):
+    return list(specs)
+  rank = {s: 0.0 for s in specs}
+  for name in names:
+    for r, s in enumerate(sorted(specs,
+                                 key=lambda s: -scores[s][name][by]["mean"])):
+      rank[s] += r / len(names)
+  top = set(sorted(specs, key=lambda s: rank[s])[:k])
+  return [s for s in specs if s in top]
+
+
+def _sig(v: float) -> float:
+  """``v`` to 6 significant digits: scores that agree that far are ties
+  (H-score, e.g., is ``C - 1`` for every backbone when ``n - 1 <= d``, up
+  to rounding noise that must not rank candidates)."""
+  return float(f"{v:.6g}")
+
+
+def _ranking(scores, accuracy, tuned, names):
+  """Per budget and score: Kendall's tau and top-1 hit of the score's
+  ranking of the fine-tuned candidates against their accuracy."""
+  ranking, best = {}, {}
+  for name in names:
+    accs = [accuracy[s][name]["mean"] for s in tuned]
+    best[name] = tuned[int(np.argmax(accs))]
+    ranking[name] = {}
+    for score in transferability.SCORES:
+      vals = [_sig(scores[s][name][score]["mean"]) for s in tuned]
+      top = [s for s, v in zip(tuned, vals) if v == max(vals)]
+      ranking[name][score] = {
+          "kendall_tau": transferability.kendall_tau(vals, accs),
+          "top1_hit": transferability.top1_hit(vals, accs),
+          # None on a tie for the top score (a tie picks none).
+          "picked": top[0] if len(top) == 1 else None}
+  return ranking, best
+
+
+def _candidates_text(c, specs, tuned, names, scores, accuracy, strategy,
+                     ranking, best, src_acc, strategies) -> tuple[str, str]:
+  """``(table.md text, the ranking table)``."""
+  how = ("best of " + ", ".join(strategies) if c.candidate_accuracy == "best"
+         else c.candidate_accuracy)
+  lines = [f"Candidate sources for the target {c.target}: transferability "
+           f"scores on the labelled target examples (mean over the "
+           f"{c.num_seeds} seeds' subsets; higher = predicted better) and "
+           f"target test accuracy (%) after fine-tuning ({how}; mean ± std "
+           f"over {c.num_seeds} seeds, {c.num_steps} steps). Bold: each "
+           "score's pick (all of them on a tie: equal to 6 significant "
+           "digits) and the best fine-tuned candidate.", ""]
+  for name in names:
+    top = {sc: max(_sig(scores[s][name][sc]["mean"]) for s in specs)
+           for sc in transferability.SCORES}
+    rows = []
+    for s in specs:
+      row = [s + (f" ({100 * src_acc[s]:.0f}% on its source)"
+                  if src_acc.get(s) is not None else "")]
+      for sc in transferability.SCORES:
+        mean = scores[s][name][sc]["mean"]
+        v = f"{mean:.3f}"
+        row.append(f"**{v}**" if _sig(mean) == top[sc] else v)
+      if s in tuned:
+        v = common.mean_std(accuracy[s][name])
+        row += [f"**{v}**" if best[name] == s else v, strategy[s][name]]
+      else:
+        row += ["not fine-tuned", ""]
+      rows.append(row)
+    lines += [f"{name} labels/class:", "", common.markdown_table(
+        ["candidate"] + [SCORE_NAMES[sc] for sc in transferability.SCORES]
+        + ["fine-tuned %", "strategy"], rows), ""]
+  rows = []
+  for sc in transferability.SCORES:
+    row = [SCORE_NAMES[sc]]
+    for name in names:
+      r = ranking[name][sc]
+      tau = r["kendall_tau"]
+      row += ["n/a" if np.isnan(tau) else f"{tau:+.2f}",
+              "yes" if r["top1_hit"] else
+              f"no ({r['picked'] or 'a tie picks none'})"]
+    rows.append(row)
+  rank_table = common.markdown_table(
+      ["score"] + [f"{n}: {what}" for n in names
+                   for what in ("tau", "top-1")], rows)
+  lines += [f"How well each score ranked the {len(tuned)} fine-tuned "
+            "candidates (Kendall's tau against fine-tuned accuracy; top-1: "
+            "did its pick fine-tune best?):", "", rank_table, ""]
+  for name in names:
+    hits = [SCORE_NAMES[sc] for sc in transferability.SCORES
+            if ranking[name][sc]["top1_hit"]]
+    lines.append(f"labels/class {name}: best after fine-tuning {best[name]} "
+                 f"{100 * accuracy[best[name]][name]['mean']:.1f}%; picked "
+                 f"by {', '.join(hits) if hits else 'no score'}")
+  return "\n".join(lines), rank_table
+
+
+def _rank_candidates(c, workdir: str, t0: float) -> dict:
+  """The candidates report; see the module docstring."""
+  target, test = _target(c)
+  shape = target.example_shape
+  model = models.build_classifier(c.model, target.num_classes, shape)
+  strategies = _check_candidate_config(c, model)
+  cands = _parse_candidates(c, target)
+  specs = [x.spec for x in cands]
+  budgets = [int(b) for b in c.budgets]
+  names = [common.budget_name(b) for b in budgets]
+  seeds = [c.seed + i for i in range(c.num_seeds)]
+  src_acc = {}
+  for k, cand in enumerate(cands):
+    if cand.kind == "data":
+      cand.params, m = common.source_params(
+          c.pretrain, init_from="", source=cand.arg, seed=c.seed,
+          data_dir=c.data_dir, model_config=c.model, model=cand.model,
+          example_shape=shape,
+          workdir=os.path.join(workdir, "candidates", str(k)))
+      src_acc[cand.spec] = m.get("source_accuracy")
+
+  # Scores: features of all target train examples cached once per
+  # candidate; each budget's labelled subsets are looked up in the cache.
+  t_score = time.time()
+  subsets = {name: [common.load(c, c.target, seed=s,
+                                labels_per_class=b if b > 0 else None
+                                ).require_labels(target.num_classes)
+                    for s in seeds] for b, name in zip(budgets, names)}
+  caches, scores = {}, {}
+  for k, cand in enumerate(cands):
+    cache = caches[cand.spec] = common.feature_cache(
+        cand.model, cand.params, target.x, workdir=workdir,
+        name=f"candidate{k}_target_train")
+    probs = features_lib.FeatureCache(target.x, _softmax(evaluation.predict(
+        cand.model, features_lib.head_params(cand.params), cache.features,
+        method="logits_from_features")))
+    scores[cand.spec] = {}
+    for name in names:
+      runs = [transferability.scores(cache.lookup(ds.x), probs.lookup(ds.x),
+                                     ds.y) for ds in subsets[name]]
+      scores[cand.spec][name] = {sc: common.summarize([r[sc] for r in runs])
+                                 for sc in transferability.SCORES}
+  score_seconds = time.time() - t_score
+  workdir_lib.say(f"scored {len(cands)} candidates x {len(names)} budgets x "
+                  f"{len(seeds)} seeds in {score_seconds:.1f}s")
+
+  tuned = _select(scores, specs, names, c.select_by, c.num_finetune)
+  t_tune = time.time()
+  trainers, sweeps, accuracy, strategy = {}, {}, {}, {}
+  for k, cand in enumerate(cands):
+    if cand.spec not in tuned:
+      continue
+    workdir_lib.say(f"fine-tuning candidate {k} {cand.spec}: "
+                    f"{', '.join(strategies)} x {len(budgets)} budgets x "
+                    f"{len(seeds)} seeds")
+    test_features = (common.feature_cache(
+        cand.model, cand.params, test.x, workdir=workdir,
+        name=f"candidate{k}_target_test").features
+                     if "linear_probe" in strategies else None)
+    shared = trainers.setdefault(cand.model, common.Trainers(
+        c, batch_size=c.batch_size, num_steps=c.num_steps))
+    runner = _Runner(c, model=model, source_model=cand.model,
+                     source_params=cand.params, cache_train=caches[cand.spec],
+                     test_features=test_features, test=test, trainers=shared)
+    results, _, _ = common.run_sweep(
+        c, c.target, strategies, budgets, seeds, runner.run,
+        num_classes=target.num_classes,
+        workdir=os.path.join(workdir, "finetune", str(k)))
+    sweeps[cand.spec] = results
+    strategy[cand.spec] = {
+        name: (max(strategies, key=lambda s, n=name: results[s][n]["mean"])
+               if c.candidate_accuracy == "best" else c.candidate_accuracy)
+        for name in names}
+    accuracy[cand.spec] = {name: results[strategy[cand.spec][name]][name]
+                           for name in names}
+  finetune_seconds = time.time() - t_tune
+
+  ranking, best = _ranking(scores, accuracy, tuned, names)
+  text, rank_table = _candidates_text(c, specs, tuned, names, scores,
+                                      accuracy, strategy, ranking, best,
+                                      src_acc, strategies)
+  workdir_lib.write_text(os.path.join(workdir, "table.md"), text)
+  workdir_lib.say("\n" + text)
+  plot = viz.transferability_ranking(
+      os.path.join(workdir, "transferability.png"),
+      {s: scores[s] for s in tuned}, accuracy, names,
+      {sc: SCORE_NAMES[sc] for sc in transferability.SCORES}, ranking,
+      title=f"candidate sources -> {c.target}")
+  metrics = {
+      "candidates": {
+          "specs": specs, "finetuned": tuned, "select_by": c.select_by,
+          "scores": scores, "accuracy": accuracy, "strategy": strategy,
+          "sweep": sweeps, "ranking": ranking, "best_candidate": best,
+          "source_accuracy_on_source": src_acc,
+          "score_seconds": score_seconds,
+          "finetune_seconds": finetune_seconds},
+      "target_train_examples": len(target),
+      "target_test_examples": len(test),
+      "wall_seconds": time.time() - t0}
+  workdir_lib.write_results(workdir, metrics, c, table=rank_table,
                             plot=os.path.basename(plot))
   workdir_lib.say(f"wrote {workdir}/results.json, table.md and "
                   f"{os.path.basename(plot)} in {time.time() - t0:.0f}s")
