@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tljax import losses
+from tljax.losses import metric
 
 
 def _np_dist(u, v, kind):
@@ -139,6 +140,110 @@ class TripletLossTest(parameterized.TestCase):
   def test_bad_input_raises(self, emb, labels, kwargs, msg):
     with pytest.raises(ValueError, match=msg):
       losses.triplet_loss(emb, labels, **kwargs)
+
+
+def _plain_cases(seed):
+  """Batches of 10 three-dimensional embeddings, built to hit the corners:
+  integer coordinates (exact, often tied distances, so hinges are exactly 0
+  and hardest or nearest negatives tie), duplicated embeddings within and
+  across classes, classes of one example, one class, all distinct.
+
+  Duplicates have coordinates in quarters, so that their distance is exactly
+  0: with general floats ``|a|^2 + |b|^2 - 2 a.b`` leaves a rounding residue
+  whose square root has a huge derivative, in both formulations alike.
+  """
+  rng = np.random.default_rng(seed)
+  grid = lambda: rng.integers(-1, 3, size=(10, 3)).astype(np.float32)  # noqa: E731
+  normal = lambda: rng.normal(size=(10, 3)).astype(np.float32)  # noqa: E731
+  dup = rng.integers(-8, 9, size=(10, 3)).astype(np.float32) / 4
+  dup[3], dup[7], dup[8] = dup[0], dup[0], dup[5]  # same class and across
+  yield "grid, 3 classes", grid(), rng.integers(0, 3, size=10)
+  yield "grid, 2 classes", grid(), np.array([0, 1] * 5)
+  yield "normal, singletons", normal(), np.array([0, 0, 0, 1, 2, 2, 3, 3, 3,
+                                                  4])
+  yield "duplicates", dup, np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+  yield "grid duplicates", np.repeat(grid()[:5], 2, axis=0), np.array(
+      [0, 1, 0, 1, 1, 1, 2, 2, 0, 2])
+  yield "one class", normal(), np.zeros(10, np.int64)
+  yield "all distinct", normal(), np.arange(10)
+
+
+class TripletPlainFormulationTest(parameterized.TestCase):
+  """The O(B^2)-memory code against the (B, B, B) masks it replaced."""
+
+  @parameterized.named_parameters(
+      [(f"{m}_{k}", m, k) for m, k in CASES])
+  def test_loss_and_gradient_equal_the_plain_formulation(self, mining, kind):
+    for margin in (0.0, 1.0, 0.3):
+      new, plain = (jax.jit(jax.value_and_grad(
+          lambda e, y, f=f: f(e, y, margin=margin, mining=mining,  # noqa: B023
+                              distance=kind))) for f in (
+                                  losses.triplet_loss,
+                                  metric._plain_triplet_loss))
+      for seed in range(3):
+        for name, emb, labels in _plain_cases(seed):
+          labels = labels.astype(np.int32)
+          (got, g_got), (want, g_want) = new(emb, labels), plain(emb, labels)
+          msg = f"{name}, margin {margin}, seed {seed}"
+          np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
+                                     err_msg=msg)
+          np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-6,
+                                     err_msg=msg)
+
+  def test_tiny_batches(self):
+    for emb, labels in ((np.ones((1, 2)), [0]), (np.eye(2), [3, 3]),
+                        (np.eye(2), [0, 1]), (np.eye(3), [0, 0, 1])):
+      emb = np.asarray(emb, np.float32)
+      labels = np.asarray(labels, np.int32)
+      for mining in ("all", "hard", "semi_hard"):
+        got, want = (jax.jit(jax.value_and_grad(lambda e, f=f: f(  # noqa: B023
+            e, labels, margin=0.5, mining=mining)))(emb) for f in (
+                losses.triplet_loss, metric._plain_triplet_loss))
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+
+  @parameterized.named_parameters([(m, m) for m in ("all", "hard",
+                                                    "semi_hard")])
+  def test_second_derivative_equals_the_plain_formulation(self, mining):
+    # Forward mode works too: the loss is piecewise linear in the distances,
+    # and the curvature comes from the distances themselves.
+    emb = np.random.default_rng(2).normal(size=(8, 2)).astype(np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2], np.int32)
+    got, want = (jax.jit(jax.hessian(lambda e, f=f: f(  # noqa: B023
+        e, labels, margin=1.0, mining=mining)))(emb) for f in (
+            losses.triplet_loss, metric._plain_triplet_loss))
+    self.assertGreater(float(jnp.abs(want).max()), 0.01)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+  @parameterized.named_parameters([(m, m) for m in ("all", "hard",
+                                                    "semi_hard")])
+  def test_memory_is_quadratic_in_the_batch(self, mining):
+    # XLA's buffer assignment, not a measurement: at B = 2048 the plain
+    # (B, B, B) masks would need tens of GiB; here a few (B, B) arrays.
+    b = 2048
+    compiled = jax.jit(jax.value_and_grad(lambda e, y: losses.triplet_loss(
+        e, y, mining=mining))).lower(
+            jax.ShapeDtypeStruct((b, 8), jnp.float32),
+            jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
+    self.assertLess(compiled.memory_analysis().temp_size_in_bytes,
+                    16 * b * b * 4)
+
+  @parameterized.named_parameters(
+      [(f"{m}_{k}", m, k) for m, k in CASES])
+  def test_non_finite_embedding_gives_nan_loss(self, mining, kind):
+    # Not a finite loss with NaN gradients (the l2 distance's safe sqrt
+    # maps NaN to 0): the trainer's NaN stop must see it.
+    emb = np.random.default_rng(3).normal(size=(6, 2)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2], np.int32)
+    f = jax.jit(jax.value_and_grad(lambda e: losses.triplet_loss(
+        e, labels, margin=0.5, mining=mining, distance=kind)))
+    for bad in (np.nan, np.inf):
+      e = emb.copy()
+      e[4, 1] = bad
+      loss, _ = f(e)
+      self.assertTrue(np.isnan(float(loss)), (bad, float(loss)))
+      self.assertTrue(np.isnan(float(losses.triplet_loss(
+          e, labels, mining=mining, distance=kind))))
+    self.assertTrue(np.isfinite(float(f(emb)[0])))
 
 
 class ContrastiveLossTest(parameterized.TestCase):

@@ -1,8 +1,8 @@
 """Metric-learning losses: contrastive (Siamese) and triplet with mining.
 
-Pure functions of arrays; mining is done with boolean masks over the
-pairwise-distance matrix (no Python loops over examples), so every loss
-compiles once and runs on the whole (global) batch.
+Pure functions of arrays; mining works on the pairwise-distance matrix of
+the whole (global) batch, in ``O(B^2)`` memory (no ``(B, B, B)`` tensor of
+triplets), and every loss compiles once.
 
   >>> import jax.numpy as jnp
   >>> emb = jnp.array([[0., 0.], [0., 1.], [3., 0.], [3., 1.]])
@@ -12,6 +12,8 @@ compiles once and runs on the whole (global) batch.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -98,10 +100,7 @@ def contrastive_loss(emb_a: jax.Array, emb_b: jax.Array, same: jax.Array, *,
   if not 0 <= pos_margin < neg_margin:
     raise ValueError(f"contrastive_loss needs 0 <= pos_margin < neg_margin; "
                      f"got pos_margin={pos_margin}, neg_margin={neg_margin}.")
-  # The distance of each pair, from the shared pairwise-distance helper on
-  # rows one at a time (a (1, dim) x (1, dim) "matrix" per pair).
-  d = jax.vmap(lambda u, v: ops.pairwise_distances(
-      u[None], v[None], kind=distance)[0, 0])(emb_a, emb_b)
+  d = _pair_distances(emb_a, emb_b, distance)
   same = jnp.asarray(same, d.dtype)
   return 0.5 * (same * jnp.square(jnp.maximum(d - pos_margin, 0.0))
                 + (1.0 - same) * jnp.square(jnp.maximum(neg_margin - d, 0.0)))
@@ -131,6 +130,26 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,
   Anchors without a positive or a negative in the batch contribute nothing;
   a batch without any valid triplet gives 0. Sample batches with several
   examples per class (:func:`tljax.data.episodes.class_balanced_batches`).
+  A NaN or Inf anywhere in ``embeddings`` makes the loss NaN (the trainer's
+  NaN stop then says at which step), never a finite loss with NaN gradients.
+
+  Precisely, with ``l = fl(fl(d(a, p) - d(a, n)) + margin)`` computed in the
+  embeddings' dtype: ``all`` is ``sum(max(l, 0)) / max(#{l > 1e-16}, 1)``
+  over valid triplets; ``semi_hard`` is ``sum(max(l, 0)) / max(#pairs, 1)``
+  with ``n`` the chosen negative of each ``(a, p)``. Gradients are those of
+  this formula under JAX's rules: a term with ``l == 0`` exactly gets half
+  its gradient, and tied hardest, nearest or farthest entries share theirs
+  equally.
+
+  Memory is ``O(B^2)``: ``all`` and ``semi_hard`` never form the ``(B, B,
+  B)`` tensor of every triplet; a loop over the ``j``-th positive of every
+  anchor handles all anchors' negatives at once, one pass per positive
+  slot, in time ``O(B^2 K)`` for classes of at most ``K`` examples. Each
+  triplet's ``l`` is computed exactly as above; only the order in which the
+  sums add up differs from the plain ``(B, B, B)`` formulation
+  (:func:`_plain_triplet_loss`, kept as the reference of the tests).
+  ``hard`` differentiates only the ``2B`` distances it selected (the whole
+  matrix when some hardest entries tie).
 
     >>> import jax.numpy as jnp
     >>> emb = jnp.array([[0.], [1.], [1.5]])
@@ -152,6 +171,20 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,
     ValueError: on bad shapes, an unknown mining mode or distance, or a
       negative margin.
   """
+  _check_triplet_args(embeddings, labels, margin, mining, distance)
+  embeddings, labels = jnp.asarray(embeddings), jnp.asarray(labels)
+  margin = jnp.asarray(margin, jnp.result_type(float, embeddings))
+  if mining == "hard":
+    loss = _batch_hard(embeddings, labels, margin, distance)
+  else:
+    loss = _mined_loss(ops.pairwise_distances(embeddings, kind=distance),
+                       labels, margin, mining)
+  # The l2 distance maps a NaN to 0 (its safe sqrt), which would give a
+  # finite loss with NaN gradients; say NaN instead.
+  return jnp.where(jnp.all(jnp.isfinite(embeddings)), loss, jnp.nan)
+
+
+def _check_triplet_args(embeddings, labels, margin, mining, distance):
   _check_distance(distance)
   if mining not in MINING:
     raise ValueError(f"unknown mining {mining!r}; choose one of "
@@ -159,9 +192,201 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,
   if margin < 0:
     raise ValueError(f"triplet_loss margin must be >= 0, got {margin}")
   _check_embeddings(embeddings, labels, "triplet_loss")
+
+
+def _pair_distances(u, v, distance: str):
+  """``d(u_i, v_i)`` for each row: the shared pairwise-distance helper on
+  one ``(1, dim) x (1, dim)`` "matrix" per pair."""
+  return jax.vmap(lambda u, v: ops.pairwise_distances(
+      u[None], v[None], kind=distance)[0, 0])(u, v)
+
+
+def _batch_hard_parts(d, labels, margin):
+  """Batch-hard loss of ``d``; for its derivative also the weight ``w`` of
+  each anchor's hinge and the masked distances it took the hardest of."""
+  b = d.shape[0]
+  same = labels[:, None] == labels[None, :]
+  pos = same & ~jnp.eye(b, dtype=bool)
+  big = jnp.asarray(jnp.finfo(d.dtype).max, d.dtype)
+  # Both reductions in one: the min over negatives is minus a max.
+  masked = jnp.stack([jnp.where(pos, d, 0.0), -jnp.where(same, big, d)])
+  hardest = jnp.max(masked, axis=2)                        # (2, B)
+  class_size = jnp.sum(same, axis=1, dtype=jnp.float32)
+  valid = (class_size > 1) & (class_size < b)   # a positive and a negative
+  raw = hardest[0] + hardest[1] + margin
+  l = jnp.where(valid, jnp.maximum(raw, 0.0), 0.0)
+  denom = jnp.maximum(jnp.sum(valid), 1)
+  w = jnp.where(valid, _max0_grad(raw), 0.0).astype(d.dtype) / denom
+  return jnp.sum(l) / denom, w, masked, hardest, jnp.stack([pos, ~same])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _batch_hard(embeddings, labels, margin, distance: str):
+  d = ops.pairwise_distances(embeddings, kind=distance)
+  return _batch_hard_parts(d, labels, margin)[0]
+
+
+@_batch_hard.defjvp
+def _batch_hard_jvp(distance, primals, tangents):
+  embeddings, labels, margin = primals
+  de, _, dm = tangents
+  d = ops.pairwise_distances(jax.lax.stop_gradient(embeddings), kind=distance)
+  loss, w, masked, hardest, real = jax.lax.stop_gradient(
+      _batch_hard_parts(d, labels, margin))
+  # JAX's max (and min) share the derivative among the entries equal to the
+  # result, masked ones included: count them. Usually each anchor's
+  # derivative reaches one positive and one negative; then only those 2B
+  # distances are differentiated, not the (B, B) matrix (two (B, B) x
+  # (B, dim) products fewer). Ties take the dense path. The gradient in the
+  # embeddings is formed here, so that the branch is all primal.
+  ties = masked == hardest[:, :, None]
+  counts = jnp.sum(ties, axis=2, dtype=jnp.float32)        # (2, B)
+  single = jnp.all((w == 0) | jnp.all(counts == 1, axis=0))
+  cols = jnp.arange(d.shape[0], dtype=jnp.float32)
+  # The column of the one tied entry (a real positive, resp. negative: a
+  # masked entry would tie with the other masked ones).
+  where_tied = jnp.sum(jnp.where(ties, cols, 0.0), axis=2).astype(jnp.int32)
+
+  def sparse(e):
+    p, n = where_tied
+    return jax.grad(lambda e: jnp.sum(w * (
+        _pair_distances(e, e[p], distance)
+        - _pair_distances(e, e[n], distance))))(e)
+
+  def dense(e):
+    share = jnp.where(ties & real, (w / jnp.maximum(counts, 1))[:, :, None],
+                      0.0)
+    d, vjp = jax.vjp(lambda e: ops.pairwise_distances(e, kind=distance), e)
+    return vjp((share[0] - share[1]).astype(d.dtype))[0]
+
+  grad = jax.lax.cond(single, sparse, dense, embeddings)
+  return loss, jnp.vdot(grad, de) + jnp.sum(w).astype(loss.dtype) * dm
+
+
+def _positive_slots(labels):
+  """Positive slots: the ``j``-th positive of anchor ``a`` is ``order[first[a]
+  + j + (j >= rank[a])]`` for ``j < num_pos[a]`` (its class's members in
+  label order, skipping the anchor itself); ``slot[a, p]`` is the slot of the
+  positive ``p`` of ``a`` (meaningless elsewhere)."""
+  b = labels.shape[0]
+  order = jnp.argsort(labels, stable=True).astype(jnp.int32)
+  in_order = labels[order]
+  first = jnp.searchsorted(in_order, labels, side="left").astype(jnp.int32)
+  size = jnp.searchsorted(in_order, labels, side="right").astype(jnp.int32)
+  position = jnp.zeros(b, jnp.int32).at[order].set(
+      jnp.arange(b, dtype=jnp.int32))
+  rank = position - first
+  slot = rank[None, :] - (rank[None, :] > rank[:, None])
+  return order, first, rank, size - first - 1, slot
+
+
+def _max0_grad(x):
+  """JAX's derivative of ``jnp.maximum(x, 0)``: 1, 1/2 at a tie, else 0."""
+  return jnp.where(x > 0, 1.0, jnp.where(x == 0, 0.5, 0.0))
+
+
+def _mined(d, labels, margin, mining: str, with_grad: bool):
+  """Batch-all or semi-hard loss of the distance matrix ``d``, and with
+  ``with_grad`` its derivatives in ``d`` and ``margin``.
+
+  Step ``j`` of a ``fori_loop`` takes every anchor's ``j``-th positive (see
+  :func:`_positive_slots`) and evaluates ``(a, p_j(a), n)`` for all anchors
+  ``a`` and negatives ``n`` at once: ``(B, B)`` temporaries. The loss is
+  piecewise linear in ``d``; its derivative is accumulated as weights on the
+  negatives ``(a, n)`` and on the slots ``(a, j)``.
+  """
+  b = d.shape[0]
+  rows = jnp.arange(b)
+  acc = jnp.promote_types(d.dtype, jnp.float32)
+  order, first, rank, num_pos, slot = _positive_slots(labels)
+  neg = labels[:, None] != labels[None, :]
+  has_neg = neg.any(1)
+  big = jnp.asarray(jnp.finfo(d.dtype).max, d.dtype)
+  if mining == "semi_hard":
+    farthest = jnp.max(jnp.where(neg, d, -big), axis=1)
+    far_tie = neg & (d == farthest[:, None])
+    far_count = far_tie.sum(1)
+
+  def body(j, carry):
+    total, count, w_slot, wn = carry
+    p = order[jnp.minimum(first + j + (j >= rank), b - 1)]
+    d_ap = d[rows, p]
+    if mining == "all":
+      valid = (j < num_pos)[:, None] & neg                  # (a, n)
+      raw = d_ap[:, None] - d + margin
+      l = jnp.where(valid, jnp.maximum(raw, 0.0), 0.0)
+      total = total + l.sum(1, dtype=acc)
+      count = count + (l > 1e-16).sum(1, dtype=jnp.int32)
+      if with_grad:
+        w = jnp.where(valid, _max0_grad(raw), 0.0).astype(acc)
+        wn = wn + w
+        w_ap = w.sum(1)
+    else:
+      valid = (j < num_pos) & has_neg                       # (a,)
+      beyond = neg & (d > d_ap[:, None])                    # (a, n)
+      nearest = jnp.min(jnp.where(beyond, d, big), axis=1)
+      any_beyond = beyond.any(1)
+      raw = d_ap - jnp.where(any_beyond, nearest, farthest) + margin
+      total = total + jnp.where(valid, jnp.maximum(raw, 0.0), 0.0).astype(acc)
+      if with_grad:
+        w_ap = jnp.where(valid, _max0_grad(raw), 0.0).astype(acc)
+        tie = jnp.where(any_beyond[:, None], beyond & (d == nearest[:, None]),
+                        far_tie)
+        share = w_ap / jnp.maximum(
+            jnp.where(any_beyond, tie.sum(1), far_count), 1)
+        wn = wn + jnp.where(tie, share[:, None], 0.0)
+    if with_grad:
+      w_slot = jax.lax.dynamic_update_slice(w_slot, w_ap[:, None], (0, j))
+    return total, count, w_slot, wn
+
+  init = (jnp.zeros(b, acc), jnp.zeros(b, jnp.int32))
+  init += ((jnp.zeros((b, b), acc),) * 2 if with_grad else (None, None))
+  total, count, w_slot, wn = jax.lax.fori_loop(0, jnp.max(num_pos), body,
+                                               init)
+  if mining == "all":
+    denom = jnp.sum(count.astype(acc))             # active triplets
+  else:
+    denom = jnp.sum(jnp.where(has_neg, num_pos, 0).astype(acc))  # pairs
+  denom = jnp.maximum(denom, 1.0)
+  loss = (jnp.sum(total) / denom).astype(d.dtype)
+  if not with_grad:
+    return loss
+  pos = ~neg & (rows[:, None] != rows)
+  wp = jnp.where(pos, jnp.take_along_axis(w_slot, jnp.where(pos, slot, 0),
+                                          axis=1), 0.0)
+  return (loss, ((wp - wn) / denom).astype(d.dtype),
+          (jnp.sum(wp) / denom).astype(d.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _mined_loss(d, labels, margin, mining: str):
+  return _mined(d, labels, margin, mining, with_grad=False)
+
+
+@_mined_loss.defjvp
+def _mined_loss_jvp(mining, primals, tangents):
+  d, labels, margin = primals
+  dd, _, dm = tangents
+  # Piecewise linear in (d, margin): the derivatives are constant pieces.
+  loss, gd, gm = _mined(jax.lax.stop_gradient(d), labels,
+                        jax.lax.stop_gradient(margin), mining, with_grad=True)
+  return loss, jnp.sum(gd * dd) + gm * dm
+
+
+def _plain_triplet_loss(embeddings, labels, *, margin: float = 0.2,
+                        mining: str = "all", distance: str = "l2"):
+  """:func:`triplet_loss` as masks over the ``(B, B, B)`` tensor of every
+  triplet: the definition the tests hold the ``O(B^2)`` code to."""
   d = ops.pairwise_distances(embeddings, kind=distance)
   pos, neg = _masks(labels)
   big = jnp.asarray(jnp.finfo(d.dtype).max, d.dtype)
+  if mining == "hard":
+    hardest_pos = jnp.max(jnp.where(pos, d, 0.0), axis=1)
+    hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1)
+    valid = pos.any(1) & neg.any(1)
+    l = jnp.where(valid, jnp.maximum(hardest_pos - hardest_neg + margin, 0.0),
+                  0.0)
+    return jnp.sum(l) / jnp.maximum(jnp.sum(valid), 1)
 
   if mining == "all":
     # l[a, p, n] over every (anchor, positive, negative).
@@ -170,14 +395,6 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,
     l = jnp.where(valid, jnp.maximum(l, 0.0), 0.0)
     num_active = jnp.sum(l > 1e-16)
     return jnp.sum(l) / jnp.maximum(num_active, 1)
-
-  if mining == "hard":
-    hardest_pos = jnp.max(jnp.where(pos, d, 0.0), axis=1)
-    hardest_neg = jnp.min(jnp.where(neg, d, big), axis=1)
-    valid = pos.any(1) & neg.any(1)
-    l = jnp.where(valid, jnp.maximum(hardest_pos - hardest_neg + margin, 0.0),
-                  0.0)
-    return jnp.sum(l) / jnp.maximum(jnp.sum(valid), 1)
 
   # semi_hard: for each (a, p), among negatives n of a:
   # the smallest d(a, n) with d(a, n) > d(a, p), else the largest d(a, n).
