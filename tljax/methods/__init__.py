@@ -17,8 +17,9 @@ features           cached backbone features and a linear probe on them
 distillation       a student learning from a teacher's soft targets
 multitask          one trunk, one head per task
 domain_adaptation  DANN, MMD (DAN), deep CORAL, importance-weighted source
-tca, kmm           closed forms: transfer component analysis, kernel mean
-                   matching weights
+tca, kmm           closed forms: transfer component analysis and joint
+                   distribution adaptation (TCA, JDA), kernel mean matching
+                   weights
 metric_learning    Siamese (contrastive) and triplet networks; retrieval
 protonet, maml,    few-shot learners on episodes: prototypical networks,
 hypernet           MAML, a generated-head (model-based) learner
