@@ -136,7 +136,7 @@ class RatesAndStagesTest(parameterized.TestCase):
                                                   lr_rules=r),
         arrays=ARRAYS, batch_size=8, seed=0, rng=jax.random.key(0))
     assert np.isfinite(metrics["loss"])
-    before, after = _flat(params), _flat(out)
+    before, after = _flat(params), _flat(out.params)
     unfrozen_layers = {f"layer_{3 - j}" for j in range(1, num_stages)}
     for name in before:
       layer = name.split("/")[1] if name.startswith("backbone/") else "head"

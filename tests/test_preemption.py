@@ -23,7 +23,7 @@ TRAIN = os.path.join(ROOT, "experiments", "train.py")
 # mid-run. checkpoint_every=0: the only checkpoint before the end is the one
 # the signal makes.
 ARGS = [f"--config={ROOT}/experiments/configs/train.py:quick",
-        "--config.model.name=mlp", "--config.num_steps=2000",
+        "--config.model.name=mlp", "--config.num_steps=1000",
         "--config.log_every=50", "--config.eval_every=0",
         "--config.checkpoint_every=0", "--config.optim.schedule=constant"]
 
@@ -65,7 +65,7 @@ def test_signal_saves_at_the_current_step_and_a_restart_resumes(
   name = signal.Signals(sig).name
   assert lines[0].startswith(f"stopped by {name} at step "), lines
   step = int(lines[0].split(" at step ")[1].split(";")[0])
-  assert 100 <= step < 2000
+  assert 100 <= step < 1000
   assert os.listdir(os.path.join(wd, "checkpoints")) == [str(step)]
   if sig != signal.SIGTERM:
     return
@@ -76,7 +76,7 @@ def test_signal_saves_at_the_current_step_and_a_restart_resumes(
   assert f"resumed from checkpoint at step {step}" in out
   steps = [r["step"] for r in workdir_lib.read_jsonl(
       os.path.join(wd, "metrics.jsonl")) if r["split"] == "train"]
-  assert steps == sorted(set(steps)) and steps[-1] == 2000  # no repeats
+  assert steps == sorted(set(steps)) and steps[-1] == 1000  # no repeats
   ref = str(tmp_path / "ref")
   rc, _, err = _finish(_start(ref))
   assert rc == 0, err[-2000:]
@@ -110,7 +110,8 @@ def test_rerun_with_another_config_is_refused_and_the_same_one_reports(
   wd = str(tmp_path / "run")
   base = [sys.executable, TRAIN, f"--workdir={wd}",
           f"--config={ROOT}/experiments/configs/train.py:quick",
-          "--config.num_steps=4", "--config.log_every=2"]
+          "--config.model.name=mlp", "--config.num_steps=4",
+          "--config.log_every=2"]
   out = subprocess.run(base, capture_output=True, text=True, timeout=300,
                        cwd=ROOT)
   assert out.returncode == 0, out.stderr[-2000:]

@@ -151,9 +151,9 @@ def test_fit_eval_and_checkpoints(tmp_path):
   ds = data_lib.Dataset(data["x"], data["y"], 4, "toy")
   evals = []
 
-  def eval_fn(p):
+  def eval_fn(state):
     evals.append(1)
-    return evaluation.evaluate(model, p, ds)
+    return evaluation.evaluate(model, state.params, ds)
 
   _, last = trainer_lib.Trainer(step).fit(
       state0, lambda s: data_lib.batches(data, 16, start_step=s),

@@ -26,19 +26,22 @@ PyTree = Any
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
-def _apply(model, params, x, method=None):
-  return model.apply({"params": params}, x, method=method)
+def _apply(model, variables, x, method=None):
+  # Inference: a model with BatchNorm normalises with its running
+  # statistics (its ``train`` argument defaults to False).
+  return model.apply(variables, x, method=method)
 
 
 def predict(model: nn.Module, params: PyTree, x: np.ndarray, *,
-            batch_size: int = 512, method: str | Callable | None = None
-            ) -> np.ndarray:
+            model_state: PyTree | None = None, batch_size: int = 512,
+            method: str | Callable | None = None) -> np.ndarray:
   """``model.apply`` over ``x`` in fixed-size batches (one compilation).
 
   Args:
     model: a linen module.
     params: its parameters.
     x: inputs, examples first.
+    model_state: its other collections (BatchNorm statistics), if any.
     batch_size: examples per call (the last batch is padded).
     method: the module method to apply (e.g. ``'features'``); default
       ``__call__``.
@@ -46,26 +49,31 @@ def predict(model: nn.Module, params: PyTree, x: np.ndarray, *,
   Returns:
     The outputs for every example of ``x``, as a numpy array.
   """
+  variables = {"params": params, **(model_state or {})}
   outs = []
   for batch, n in batching.eval_batches({"x": x}, batch_size):
-    outs.append(np.asarray(_apply(model, params, batch["x"], method))[:n])
+    outs.append(np.asarray(_apply(model, variables, batch["x"], method))[:n])
   return np.concatenate(outs)
 
 
 def evaluate(model: nn.Module, params: PyTree, dataset: Dataset, *,
+             model_state: PyTree | None = None,
              batch_size: int = 512) -> dict[str, float]:
   """Accuracy and mean cross-entropy of a classifier on a labelled set."""
   dataset.require_labels()
-  logits = predict(model, params, dataset.x, batch_size=batch_size)
+  logits = predict(model, params, dataset.x, model_state=model_state,
+                   batch_size=batch_size)
   y = dataset.y
   logp = jax.nn.log_softmax(jnp.asarray(logits))
   loss = -float(jnp.mean(jnp.take_along_axis(logp, y[:, None], -1)))
   return {"accuracy": float(np.mean(logits.argmax(-1) == y)), "loss": loss}
 
 
-def accuracy(model: nn.Module, params: PyTree, dataset: Dataset) -> float:
+def accuracy(model: nn.Module, params: PyTree, dataset: Dataset, *,
+             model_state: PyTree | None = None) -> float:
   """Accuracy of a classifier on a labelled data set."""
-  return evaluate(model, params, dataset)["accuracy"]
+  return evaluate(model, params, dataset, model_state=model_state)[
+      "accuracy"]
 
 
 def episodes_accuracy(accuracy_fn: Callable[[dict], jax.Array], sampler,

@@ -50,6 +50,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   config.init_from = ""            # workdir or params dir of a source run
   config.dont_load = ("head/.*",)  # target leaves kept from fresh init
+  config.freeze_bn = False         # BatchNorm in inference mode (fine-tuning)
 
   config.num_steps = 3000
   config.batch_size = 64

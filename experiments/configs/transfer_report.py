@@ -87,6 +87,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.optim.learning_rate = 1e-3
   c.head_from_source = False      # True: start heads from the source head
   c.freeze_layers = 2              # freeze_first: layers kept frozen
+  c.freeze_bn = False              # BatchNorm in inference mode (fine-tuning)
   c.l2_sp = ml_collections.ConfigDict({"alpha": 0.1, "beta": 0.01})
   c.lwf = ml_collections.ConfigDict({"weight": 1.0, "temperature": 2.0})
   c.discriminative_decay = 1 / 2.6

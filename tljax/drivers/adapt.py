@@ -156,10 +156,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                   src.example_shape)
   align = method if method in ("dann", "mmd", "coral") else "none"
   disc = da.discriminator(config.disc_features) if align == "dann" else None
-  params = models.init_params(model, src.example_shape, config.seed)
+  params, model_state = models.init_variables(model, src.example_shape,
+                                              config.seed)
   if disc is not None:
     params = da.add_discriminator(params, model, disc, src.example_shape,
-                                  config.seed + 1)
+                                  config.seed + 1, model_state=model_state)
   train = tgt if method == "target_supervised" else src
   train_arrays = {"x": train.x, "y": train.y}
   extra_metrics = {}
@@ -182,14 +183,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                        target_batches(start)))
 
   state, last = common.fit(
-      trainer, trainer.init_state(params), batches_from, config,
-      workdir=workdir,
-      eval_fn=lambda p: {"target_accuracy": da.accuracy(model, p, tgt_test)})
-  p = state.params
-  fs = da.features(model, p, _subsample(src_test, 2000, 0)[0])
-  ft = da.features(model, p, _subsample(tgt_test, 2000, 0)[0])
-  metrics = {"target_accuracy": da.accuracy(model, p, tgt_test),
-             "source_accuracy": da.accuracy(model, p, src_test),
+      trainer, trainer.init_state(params, model_state=model_state),
+      batches_from, config, workdir=workdir,
+      eval_fn=lambda s: {"target_accuracy": da.accuracy(
+          model, s.params, tgt_test, model_state=s.model_state)})
+  p, ms = state.params, state.model_state
+  feats = lambda x: da.features(model, p, x, model_state=ms)  # noqa: E731
+  fs = feats(_subsample(src_test, 2000, 0)[0])
+  ft = feats(_subsample(tgt_test, 2000, 0)[0])
+  metrics = {"target_accuracy": da.accuracy(model, p, tgt_test,
+                                            model_state=ms),
+             "source_accuracy": da.accuracy(model, p, src_test,
+                                            model_state=ms),
              "feature_domain_accuracy": da.linear_domain_accuracy(
                  fs, ft, seed=config.seed),
              "final_loss": last.get("loss", float("nan")),
@@ -205,8 +210,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     xt, yt = _subsample(tgt_test, 600, 0)
     viz.embeddings(os.path.join(workdir, "embedding.png"),
                    [("inputs", xs, xt),
-                    (f"features after {method}", da.features(model, p, xs),
-                     da.features(model, p, xt))], ys, yt, seed=config.seed)
+                    (f"features after {method}", feats(xs), feats(xt))],
+                   ys, yt, seed=config.seed)
   return common.finish(workdir, metrics, config, t0,
                        common.result_line(metrics, f"results ({method})"),
                        **extra)

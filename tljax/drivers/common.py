@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 
 from tljax import data as data_lib
+from tljax import evaluation
 from tljax import models
 from tljax import params as params_lib
 from tljax import workdir as workdir_lib
@@ -111,6 +113,13 @@ def fit(trainer_: trainer_lib.Trainer, state, batches_from:
       checkpoint_every=config.get("checkpoint_every", 0), name=name)
 
 
+def accuracy(model: nn.Module, state, dataset: data_lib.Dataset) -> float:
+  """Accuracy of ``model`` with a train state's parameters and model state
+  (BatchNorm statistics) on a labelled data set."""
+  return evaluation.accuracy(model, state.params, dataset,
+                             model_state=state.model_state)
+
+
 def batches_from(config, arrays: dict, *, seed: int | None = None,
                  batch_size: int | None = None
                  ) -> Callable[[int], Iterator[dict]]:
@@ -131,14 +140,26 @@ def batches_from(config, arrays: dict, *, seed: int | None = None,
                                         start_step=start)
 
 
-def load_into(path: str, init: PyTree, dont_load: Sequence[str] = ()
-              ) -> PyTree:
-  """Parameters saved at ``path`` (a workdir or params directory), merged
-  into ``init`` with :func:`tljax.params.merge_params` (names and shapes
-  checked, ``dont_load`` kept from ``init``)."""
+def load_into(path: str, init: PyTree, dont_load: Sequence[str] = (), *,
+              model_state: PyTree | None = None) -> tuple[PyTree, dict]:
+  """``(params, model_state)`` saved at ``path`` (a workdir or params
+  directory), merged into ``init`` and the initial ``model_state`` with
+  :func:`tljax.params.merge_params` (names and shapes checked,
+  ``dont_load`` kept from the initial values). A saved model without state
+  (or a model without state) keeps the initial model state."""
   from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  return params_lib.merge_params(checkpoint.load_params(path), init,
-                                 dont_load=tuple(dont_load))
+  dont_load = tuple(dont_load)
+  loaded, loaded_state = checkpoint.load_variables(path)
+  params = params_lib.merge_params(loaded, init, dont_load=dont_load)
+  model_state = dict(model_state or {})
+  if model_state and loaded_state:
+    # The head has no statistics: only patterns that name some stay.
+    names = params_lib.leaf_names(model_state)
+    model_state = params_lib.merge_params(
+        loaded_state, model_state, dont_load=tuple(
+            p for p in dont_load if any(re.fullmatch(f"[^/]+/{p}", n)
+                                        for n in names)))
+  return params, model_state
 
 
 def source_run_config(run, *, source: str, seed: int, data_dir: str,
@@ -157,15 +178,16 @@ def source_run_config(run, *, source: str, seed: int, data_dir: str,
 
 def source_params(run, *, init_from: str, source: str, seed: int,
                   data_dir: str, model_config, model: nn.Module,
-                  example_shape, workdir: str) -> tuple[PyTree, dict]:
+                  example_shape, workdir: str) -> tuple[PyTree, dict, dict]:
   """The parameters of a source model: loaded from ``init_from`` (checked
   against ``model``), or trained on ``source`` with ``run``'s settings in
-  ``workdir`` (resumable). Returns ``(params, the source run's metrics)``."""
+  ``workdir`` (resumable). Returns ``(params, model_state, the source
+  run's metrics)``."""
   if init_from:
-    params = load_into(init_from, models.init_params(model, example_shape,
-                                                     seed))
+    init, init_state = models.init_variables(model, example_shape, seed)
+    params, model_state = load_into(init_from, init, model_state=init_state)
     workdir_lib.say(f"source model loaded from {init_from}")
-    return params, {}
+    return params, model_state, {}
   # Imported here: train is a driver too, and imports this module.
   from tljax.drivers import train as train_driver  # pylint: disable=g-import-not-at-top
   from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
@@ -174,7 +196,7 @@ def source_params(run, *, init_from: str, source: str, seed: int,
   metrics = train_driver.train_and_evaluate(
       source_run_config(run, source=source, seed=seed, data_dir=data_dir,
                         model=model_config), workdir)
-  return checkpoint.load_params(workdir), metrics
+  return (*checkpoint.load_variables(workdir), metrics)
 
 
 # ------------------------------------------------------------ features
@@ -188,7 +210,8 @@ def _fingerprint(params: PyTree, x: np.ndarray) -> str:
 
 
 def feature_cache(model: nn.Module, params: PyTree, x: np.ndarray, *,
-                  workdir: str | None, name: str = "features"
+                  workdir: str | None, name: str = "features",
+                  model_state: PyTree | None = None
                   ) -> features_lib.FeatureCache:
   """:class:`tljax.methods.features.FeatureCache` of ``x``, kept on disk.
 
@@ -198,14 +221,16 @@ def feature_cache(model: nn.Module, params: PyTree, x: np.ndarray, *,
   reads stale features) and read back by later calls.
   """
   x = np.asarray(x, np.float32)
+  build = lambda: features_lib.FeatureCache.build(  # noqa: E731
+      model, params, x, model_state=model_state)
   if not workdir:
-    return features_lib.FeatureCache.build(model, params, x)
+    return build()
   path = os.path.join(workdir, "features",
-                      f"{name}-{_fingerprint(params, x)}.npz")
+                      f"{name}-{_fingerprint((params, model_state), x)}.npz")
   if os.path.exists(path):
     with np.load(path) as f:
       return features_lib.FeatureCache(x, f["features"])
-  cache = features_lib.FeatureCache.build(model, params, x)
+  cache = build()
   workdir_lib.save_npz(path, features=cache.features)
   return cache
 
@@ -272,17 +297,19 @@ class Trainers:
 
   def train(self, name: str, build: Callable[[], tuple], params: PyTree,
             arrays: dict, seed: int, *, extra: PyTree | None = None,
-            scan: bool = False) -> PyTree:
-    """``params`` trained from a fresh state for ``num_steps`` steps on
-    batches of ``arrays`` drawn with ``seed``; ``build() -> (step, tx)``
-    makes the trainer ``name`` the first time."""
+            model_state: PyTree | None = None, scan: bool = False):
+    """The train state of ``params`` (and ``model_state``) trained from a
+    fresh state for ``num_steps`` steps on batches of ``arrays`` drawn with
+    ``seed``; ``build() -> (step, tx)`` makes the trainer ``name`` the
+    first time."""
     if name not in self._trainers:
       step, tx = build()
       self._trainers[name] = trainer(step, tx, self.config, scan=scan)
     state, _ = self._trainers[name].train_from(
         params, arrays, batch_size=self.batch_size, num_steps=self.num_steps,
-        seed=seed, rng=jax.random.key(seed), extra=extra)
-    return state.params
+        seed=seed, rng=jax.random.key(seed), extra=extra,
+        model_state=model_state)
+    return state
 
 
 def run_sweep(config, spec: str, strategies: Sequence[str],

@@ -37,11 +37,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   shape = train.example_shape
   teacher = models.build_classifier(c.teacher.model, train.num_classes, shape)
   student = models.build_classifier(c.student, train.num_classes, shape)
-  teacher_params, _ = common.source_params(
+  teacher_params, teacher_state, _ = common.source_params(
       c.teacher, init_from=c.init_from, source=c.data, seed=c.seed,
       data_dir=c.data_dir, model_config=c.teacher.model, model=teacher,
       example_shape=shape, workdir=os.path.join(workdir, "teacher"))
-  teacher_acc = evaluation.accuracy(teacher, teacher_params, test)
+  teacher_acc = evaluation.accuracy(teacher, teacher_params, test,
+                                    model_state=teacher_state)
   student_params0 = models.init_params(student, shape, c.seed)
   tx = optim.from_config(student_params0, c.optim, total_steps=c.num_steps)
   trainers = {
@@ -53,13 +54,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   def run(name, seed):
     subset = common.load(c, c.data, seed=seed, labels_per_class=budget)
-    params = models.init_params(student, shape,
-                                jax.random.key(1_000_003 + seed))
+    params, model_state = models.init_variables(
+        student, shape, jax.random.key(1_000_003 + seed))
     state, _ = trainers[name].train_from(
         params, subset.arrays(), batch_size=c.batch_size,
         num_steps=c.num_steps, seed=seed, rng=jax.random.key(seed),
-        extra={"teacher_params": teacher_params})
-    return evaluation.accuracy(student, state.params, test)
+        extra={"teacher_params": teacher_params,
+               "teacher_model_state": teacher_state},
+        model_state=model_state)
+    return common.accuracy(student, state, test)
 
   with common.sweep_cells(c, workdir) as cells:
     runs = {name: [cells.get_or_run({"run": name, "seed": c.seed + i},

@@ -49,14 +49,15 @@ CLASSIFICATION_METHODS = ("protonet", "maml", "hypernet", "baseline")
 SINUSOID_METHODS = ("maml", "pretrained")
 
 
-def _fit(config, workdir, params, make_step, batches_from, eval_fn=None):
+def _fit(config, workdir, params, make_step, batches_from, eval_fn=None,
+         model_state=None):
   """Trains ``params`` with ``make_step(tx)`` and the config's optimizer
-  and loop settings; returns the final parameters and last metrics."""
+  and loop settings; returns the final train state and last metrics."""
   tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
   trainer = common.trainer(make_step(tx), tx, config)
-  state, last = common.fit(trainer, trainer.init_state(params), batches_from,
-                           config, workdir=workdir, eval_fn=eval_fn)
-  return state.params, last
+  return common.fit(trainer, trainer.init_state(params,
+                                                model_state=model_state),
+                    batches_from, config, workdir=workdir, eval_fn=eval_fn)
 
 
 def samplers(config) -> tuple[episodes.EpisodeSampler,
@@ -94,9 +95,10 @@ def _classification(config, workdir):
   method = config.method
   batches_from = lambda s: train_s.batches(  # noqa: E731
       config.meta_batch_size, start_step=s)
+  model_state = {}
   if method == "protonet":
     model = backbone
-    params = models.init_params(model, shape, config.seed)
+    params, model_state = models.init_variables(model, shape, config.seed)
     make_step = functools.partial(protonet.make_step, model,
                                   n_way=config.n_way)
     acc_fn = functools.partial(protonet.episode_accuracies, model=model,
@@ -106,7 +108,7 @@ def _classification(config, workdir):
                                      hidden=config.hypernet.hidden,
                                      embed_dim=config.hypernet.embed_dim)
     ep = train_s.episode(0)
-    params = models.init_params(model, ep["support_x"],
+    params, model_state = models.init_variables(model, ep["support_x"],
                                 jax.random.key(config.seed),
                                 ep["support_y"], ep["query_x"])
     make_step = functools.partial(hypernet.make_step, model)
@@ -115,7 +117,7 @@ def _classification(config, workdir):
     m = config.maml
     maml.check_config("classification", m.inner_steps, m.inner_lr)
     model = models.Classifier(backbone, num_classes=config.n_way)
-    params = models.init_params(model, shape, config.seed)
+    params, model_state = models.init_variables(model, shape, config.seed)
     rules = tuple(tuple(r) for r in m.inner_rules) or None
     make_step = functools.partial(
         maml.make_step, model, kind="classification", inner_lr=m.inner_lr,
@@ -128,25 +130,29 @@ def _classification(config, workdir):
   else:  # baseline: supervised pretraining on the meta-train classes.
     pre = common.load(config, config.data, classes=config.train_classes)
     model = models.Classifier(backbone, num_classes=len(config.train_classes))
-    params = models.init_params(model, shape, config.seed)
+    params, model_state = models.init_variables(model, shape, config.seed)
     make_step = functools.partial(supervised.make_step, model)
     acc_fn = functools.partial(protonet.episode_accuracies, model=model,
                                n_way=config.n_way, method="features")
     batches_from = common.batches_from(config, pre.arrays())
 
   acc_fn = jax.jit(acc_fn)
-  val_fn = lambda p: dict(zip(  # noqa: E731
-      ("val_accuracy", "val_ci95"),
-      evaluation.episodes_accuracy(functools.partial(acc_fn, p), test_s,
-                                   config.eval_episodes)))
-  params, last = _fit(config, workdir, params, make_step, batches_from,
-                      eval_fn=val_fn)
-  acc, ci = evaluation.episodes_accuracy(functools.partial(acc_fn, params),
-                                         test_s, config.test_episodes)
+
+  def accuracy_of(state, num_episodes):
+    # A BatchNorm backbone sees test episodes with its running statistics.
+    kw = {"model_state": state.model_state} if model_state else {}
+    return evaluation.episodes_accuracy(
+        functools.partial(acc_fn, state.params, **kw), test_s, num_episodes)
+
+  val_fn = lambda s: dict(zip(  # noqa: E731
+      ("val_accuracy", "val_ci95"), accuracy_of(s, config.eval_episodes)))
+  state, last = _fit(config, workdir, params, make_step, batches_from,
+                     eval_fn=val_fn, model_state=model_state)
+  acc, ci = accuracy_of(state, config.test_episodes)
   metrics = {"test_accuracy": acc, "test_ci95": ci,
              "test_episodes": config.test_episodes,
              "final_loss": last.get("loss", float("nan"))}
-  return params, metrics
+  return state, metrics
 
 
 def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
@@ -206,18 +212,18 @@ def _sinusoid(config, workdir):
   else:
     make_step = functools.partial(maml.make_step, model, kind="regression",
                                   joint=True)
-  val_fn = lambda p: {  # noqa: E731
+  val_fn = lambda s: {  # noqa: E731
       f"val_{k}": v for k, v in sinusoid_evaluate(
-          p, config, num_tasks=min(100, config.test_episodes)).items()
+          s.params, config, num_tasks=min(100, config.test_episodes)).items()
       if not k.endswith("ci95")}
   batches_from = lambda s: train_tasks.batches(  # noqa: E731
       config.meta_batch_size, config.k_shot, config.n_query, start_step=s)
-  params, last = _fit(config, workdir, params, make_step, batches_from,
-                      eval_fn=val_fn)
+  state, last = _fit(config, workdir, params, make_step, batches_from,
+                     eval_fn=val_fn)
   metrics = {"test_episodes": config.test_episodes,
              "final_loss": last.get("loss", float("nan"))}
-  metrics.update(sinusoid_evaluate(params, config))
-  return params, metrics
+  metrics.update(sinusoid_evaluate(state.params, config))
+  return state, metrics
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -234,14 +240,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       raise ValueError(f"method {config.method!r} does not do few-shot "
                        f"classification; choose one of "
                        f"{CLASSIFICATION_METHODS}")
-    params, metrics = _classification(config, workdir)
+    state, metrics = _classification(config, workdir)
   elif config.task == "sinusoid":
     if config.method not in SINUSOID_METHODS:
       raise ValueError(f"method {config.method!r} does not do sinusoid "
                        f"regression; choose one of {SINUSOID_METHODS}")
-    params, metrics = _sinusoid(config, workdir)
+    state, metrics = _sinusoid(config, workdir)
   else:
     raise ValueError(f"unknown task {config.task!r}; choose classification "
                      "or sinusoid")
-  checkpoint.save_params(os.path.join(workdir, "params"), params)
+  checkpoint.save_params(os.path.join(workdir, "params"), state.params,
+                         state.model_state)
   return common.finish(workdir, metrics, config, t0)

@@ -41,9 +41,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   model = metric_learning.build_embedding_net(
       config.model, train.example_shape, dim=config.embedding_dim,
       normalize=config.normalize)
-  params = models.init_params(model, train.example_shape, config.seed)
+  params, model_state = models.init_variables(model, train.example_shape,
+                                              config.seed)
   if config.init_from:
-    params = common.load_into(config.init_from, params, config.dont_load)
+    params, model_state = common.load_into(
+        config.init_from, params, config.dont_load, model_state=model_state)
   tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
   if config.loss == "triplet":
     step = metric_learning.make_step(
@@ -62,14 +64,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         seed=config.seed, start_step=s)
   ks = tuple(config.recall_ks)
   trainer = common.trainer(step, tx, config)
-  evaluate = lambda p: metric_learning.evaluate(  # noqa: E731
-      model, p, held_out, ks=ks, distance=config.distance)
-  state, last = common.fit(trainer, trainer.init_state(params), batches_from,
-                           config, workdir=workdir, eval_fn=evaluate)
-  metrics = evaluate(state.params)
+  evaluate = lambda s: metric_learning.evaluate(  # noqa: E731
+      model, s.params, held_out, ks=ks, distance=config.distance,
+      model_state=s.model_state)
+  state, last = common.fit(
+      trainer, trainer.init_state(params, model_state=model_state),
+      batches_from, config, workdir=workdir, eval_fn=evaluate)
+  metrics = evaluate(state)
   metrics.update({f"raw_{k}": v for k, v in
                   metric_learning.raw_input_baseline(held_out, ks=ks).items()})
   metrics["final_loss"] = last.get("loss", float("nan"))
   metrics["held_out_examples"] = len(held_out)
-  checkpoint.save_params(os.path.join(workdir, "params"), state.params)
+  checkpoint.save_params(os.path.join(workdir, "params"), state.params,
+                         state.model_state)
   return common.finish(workdir, metrics, config, t0)

@@ -51,18 +51,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def run(mode, seed):
     """Test accuracy of each task trained in ``mode`` with ``seed``."""
     target = common.load(c, c.target, seed=seed, labels_per_class=budget)
-    params = models.init_params(model, shape, jax.random.key(1_000_003 + seed))
+    params, model_state = models.init_variables(
+        model, shape, jax.random.key(1_000_003 + seed))
     tasks = {"target": target.arrays()}
     if mode == "joint":
       tasks["source"] = source.arrays()
     batches = multitask.task_batches(tasks, c.batch_size, c.num_steps,
                                      seed=seed)
     trainer = trainers[mode]
-    state, _ = trainer.run_stacked(trainer.init_state(params), batches,
-                                   jax.random.key(seed))
-    return {task: multitask.task_accuracy(model, state.params, task,
-                                          tests[task].x, tests[task].y)
-            for task in tasks}
+    state, _ = trainer.run_stacked(
+        trainer.init_state(params, model_state=model_state), batches,
+        jax.random.key(seed))
+    return {task: multitask.task_accuracy(
+        model, state.params, task, tests[task].x, tests[task].y,
+        model_state=state.model_state) for task in tasks}
 
   runs = {m: {"target": [], "source": []} for m in modes}
   with common.sweep_cells(c, workdir) as cells:

@@ -54,8 +54,8 @@ def _train_sources(config, workdir, net):
         trainer, trainer.init_state(params),
         common.batches_from(config, ds.arrays()),
         config, workdir=workdir, num_steps=config.source_steps,
-        eval_fn=lambda p, net=net, test=test: {
-            "accuracy": progressive.accuracy(net, p, test)},
+        eval_fn=lambda s, net=net, test=test: {
+            "accuracy": progressive.accuracy(net, s.params, test)},
         name=f"column_{j}")
     params = state.params
   return net, params, shape
@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return progressive.make_step(net, tx), tx
     return trainers.train(
         "two_columns" if name.startswith("progressive") else "one_column",
-        build, params, data.arrays(), seed)
+        build, params, data.arrays(), seed).params
 
   def run(name, data, seed):
     if name in ("progressive", "progressive_untrained"):

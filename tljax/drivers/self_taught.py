@@ -56,8 +56,8 @@ def _pretrain(config, workdir, ae, unlabelled, test):
       trainer, trainer.init_state(random_params),
       common.batches_from(config, {"x": unlabelled}),
       config, workdir=workdir, num_steps=config.pretrain_steps,
-      eval_fn=lambda p: {"test_mse": float(np.mean(
-          (evaluation.predict(ae, p, test.x) - test.x) ** 2))},
+      eval_fn=lambda s: {"test_mse": float(np.mean(
+          (evaluation.predict(ae, s.params, test.x) - test.x) ** 2))},
       name="pretrain")
   return state.params, random_params, last
 
@@ -128,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     return trainers.train(
         {"random_linear": "code_linear", "self_taught_linear": "code_linear",
          "self_taught_finetune": "scratch"}.get(name, name), build, params,
-        arrays, seed)
+        arrays, seed).params
 
   raw_clf = models.Classifier(models.MLP(features=()), num_classes=n_out)
 

@@ -53,30 +53,34 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       evals[domain] = ds
   model = models.build_classifier(config.model, train.num_classes,
                                   train.example_shape)
-  params = models.init_params(model, train.example_shape, config.seed)
+  params, model_state = models.init_variables(model, train.example_shape,
+                                              config.seed)
   if config.init_from:
-    params = common.load_into(config.init_from, params, config.dont_load)
+    params, model_state = common.load_into(
+        config.init_from, params, config.dont_load, model_state=model_state)
     workdir_lib.say(f"loaded parameters from {config.init_from} "
                     f"(dont_load={tuple(config.dont_load)})")
   tx = optim.from_config(params, config.optim, total_steps=config.num_steps)
   if config.optim.lr_rules:
     workdir_lib.say("lr_rules (None = frozen):\n" + params_lib.describe_rules(
         params, [tuple(r) for r in config.optim.lr_rules], what="lr_rules"))
-  trainer = common.trainer(supervised.make_step(model, tx), tx, config)
+  trainer = common.trainer(supervised.make_step(
+      model, tx, freeze_bn=config.get("freeze_bn", False)), tx, config)
   eval_set = evals.get(config.train_on)
-  eval_fn = ((lambda p: evaluation.evaluate(model, p, eval_set))
+  eval_fn = ((lambda s: evaluation.evaluate(model, s.params, eval_set,
+                                            model_state=s.model_state))
              if eval_set is not None else None)
   state, last = common.fit(
-      trainer, trainer.init_state(params),
+      trainer, trainer.init_state(params, model_state=model_state),
       common.batches_from(config, train.arrays()),
       config, workdir=workdir, eval_fn=eval_fn)
   metrics = {"train_examples": len(train),
-             "train_accuracy": evaluation.accuracy(model, state.params, train),
+             "train_accuracy": common.accuracy(model, state, train),
              "final_loss": last.get("loss", float("nan"))}
   for domain, ds in evals.items():
-    metrics[f"{domain}_accuracy"] = evaluation.accuracy(model, state.params,
-                                                        ds)
+    metrics[f"{domain}_accuracy"] = common.accuracy(model, state, ds)
   # Every process calls orbax; it writes from the primary one.
-  checkpoint.save_params(os.path.join(workdir, "params"), state.params)
+  checkpoint.save_params(os.path.join(workdir, "params"), state.params,
+                         state.model_state)
   viz.training_curves(workdir)
   return common.finish(workdir, metrics, config, t0)

@@ -85,7 +85,6 @@ from tljax import evaluation
 from tljax import losses
 from tljax import models
 from tljax import optim
-from tljax import params as params_lib
 from tljax import viz
 from tljax import workdir as workdir_lib
 from tljax.drivers import common
@@ -101,15 +100,20 @@ DEFAULT_STRATEGIES = STRATEGIES[:6]
 
 
 class _Runner:
-  """Trains the strategies; compiled steps are kept across budgets/seeds."""
+  """Trains the strategies; compiled steps are kept across budgets/seeds.
+
+  Every run starts from the source model (parameters and, for BatchNorm
+  backbones, running statistics) or, for ``scratch``, a fresh one.
+  """
 
   def __init__(self, config, *, model, source_model, source_params,
                cache_train: features_lib.FeatureCache, test_features, test,
+               source_model_state=None,
                trainers: common.Trainers | None = None):
     self.c, self.model, self.source_model = config, model, source_model
     self.keep_head = config.head_from_source
     self.source_params = source_params
-    self.num_layers = model.backbone.num_layers
+    self.source_state = dict(source_model_state or {})
     self.cache_train, self.test_features, self.test = (cache_train,
                                                        test_features, test)
     # Runners with the same models may share compiled steps (candidates).
@@ -123,25 +127,27 @@ class _Runner:
                                 learning_rate=o.learning_rate,
                                 lr_rules=lr_rules)
 
-  def _train(self, name, params, train, seed, *, loss="finetune",
-             lr_rules=None, extra=None, **loss_kwargs):
+  def _train(self, name, params, model_state, train, seed, *,
+             loss="finetune", lr_rules=None, extra=None, **loss_kwargs):
     def build():
       tx = self._tx(params, lr_rules)
-      return finetune.make_step(self.model, tx, loss=loss, **loss_kwargs), tx
+      return finetune.make_step(self.model, tx, loss=loss,
+                                freeze_bn=self.c.get("freeze_bn", False),
+                                **loss_kwargs), tx
     return self.trainers.train(name, build, params, train.arrays(), seed,
-                               extra=extra)
+                               extra=extra, model_state=model_state)
 
-  def _accuracy(self, params):
-    return evaluation.accuracy(self.model, finetune.target_params(params),
-                               self.test)
+  def _accuracy(self, state):
+    return evaluation.accuracy(self.model, finetune.target_params(state.params),
+                               self.test, model_state=state.model_state)
 
   def run(self, name: str, train: data_lib.Dataset, seed: int) -> float:
     """Test accuracy of strategy ``name`` trained on ``train``."""
     c = self.c
-    init = models.init_params(self.model, self.test.example_shape,
-                              jax.random.key(1_000_003 + seed))
+    init, init_state = models.init_variables(
+        self.model, self.test.example_shape, jax.random.key(1_000_003 + seed))
     if name == "scratch":
-      return self._accuracy(self._train(name, init, train, seed))
+      return self._accuracy(self._train(name, init, init_state, train, seed))
     if name == "linear_probe":
       head = features_lib.head_params(self.source_params if self.keep_head
                                       else init)
@@ -153,22 +159,24 @@ class _Runner:
       head = self.trainers.train(
           name, build, head,
           {"features": self.cache_train.lookup(train.x), "y": train.y}, seed,
-          scan=True)
+          scan=True).params
       return features_lib.head_accuracy(self.model, head, self.test_features,
                                         self.test.y)
     keep = ("backbone/.*", "head/.*") if self.keep_head else ("backbone/.*",)
     params = finetune.transfer_layers(self.source_params, init, keep)
+    state = finetune.transfer_model_state(self.source_state, init_state, keep)
     if name == "finetune":
-      return self._accuracy(self._train(name, params, train, seed))
+      return self._accuracy(self._train(name, params, state, train, seed))
     if name == "freeze_first":
-      keep = finetune.layer_patterns(self.num_layers, c.freeze_layers,
+      keep = finetune.layer_patterns(self.model.backbone, c.freeze_layers,
                                      "first")
       return self._accuracy(self._train(
-          name, params, train, seed, lr_rules=finetune.freeze_rules(keep)))
+          name, params, state, train, seed,
+          lr_rules=finetune.freeze_rules(keep)))
     if name == "discriminative":
-      rules = finetune.discriminative_lr_rules(self.num_layers,
+      rules = finetune.discriminative_lr_rules(self.model.backbone,
                                                decay=c.discriminative_decay)
-      return self._accuracy(self._train(name, params, train, seed,
+      return self._accuracy(self._train(name, params, state, train, seed,
                                         lr_rules=rules))
     if name == "l2_sp":
       # Everything copied from the source is pulled towards it.
@@ -176,26 +184,27 @@ class _Runner:
           params, [(".*", True)] if self.keep_head
           else [("backbone/.*", True), (".*", False)])
       return self._accuracy(self._train(
-          name, params, train, seed, loss="l2_sp", shared_mask=mask,
+          name, params, state, train, seed, loss="l2_sp", shared_mask=mask,
           alpha=c.l2_sp.alpha, beta=c.l2_sp.beta,
           extra={"source_params": params}))
     if name == "lwf":
       params = finetune.lwf_params(params, self.source_params)
       return self._accuracy(self._train(
-          name, params, train, seed, loss="lwf",
+          name, params, state, train, seed, loss="lwf",
           source_model=self.source_model, weight=c.lwf.weight,
           temperature=c.lwf.temperature,
-          extra={"source_params": self.source_params}))
+          extra={"source_params": self.source_params,
+                 "source_model_state": self.source_state}))
     if name == "gradual":
-      stages = finetune.gradual_unfreezing_stages(self.num_layers,
+      stages = finetune.gradual_unfreezing_stages(self.model.backbone,
                                                   c.num_steps)
-      params, _ = finetune.train_in_stages(
+      state, _ = finetune.train_in_stages(
           params, stages,
           make_step=lambda tx: finetune.make_step(self.model, tx),
           make_tx=self._tx, arrays=train.arrays(), batch_size=c.batch_size,
           seed=seed, rng=jax.random.key(seed), trainers=self._gradual,
-          parallel=c.parallel)
-      return self._accuracy(params)
+          parallel=c.parallel, model_state=state)
+      return self._accuracy(state)
     raise ValueError(f"unknown strategy {name!r}")
 
 
@@ -267,20 +276,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   _check(c, source, target, model)
   strategies = list(c.strategies)
   budgets = [int(b) for b in c.budgets]
-  source_params, src_metrics = common.source_params(
+  source_params, source_state, src_metrics = common.source_params(
       c.pretrain, init_from=c.init_from, source=c.source, seed=c.seed,
       data_dir=c.data_dir, model_config=c.model, model=model_src,
       example_shape=shape, workdir=os.path.join(workdir, "source"))
   t_cache = time.time()
   cache = common.feature_cache(model_src, source_params, target.x,
-                               workdir=workdir, name="target_train")
+                               workdir=workdir, name="target_train",
+                               model_state=source_state)
   test_features = common.feature_cache(model_src, source_params, test.x,
-                                       workdir=workdir,
-                                       name="target_test").features
+                                       workdir=workdir, name="target_test",
+                                       model_state=source_state).features
   cache_seconds = time.time() - t_cache
   runner = _Runner(c, model=model, source_model=model_src,
                    source_params=source_params, cache_train=cache,
-                   test_features=test_features, test=test)
+                   test_features=test_features, test=test,
+                   source_model_state=source_state)
   workdir_lib.say(
       f"target {c.target}: {len(target)} train / {len(test)} test examples, "
       f"{target.num_classes} classes; {len(strategies)} strategies x "
@@ -294,7 +305,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   table_strategies = list(strategies)
   source_only = None
   if model_src.num_classes == target.num_classes:
-    source_only = evaluation.accuracy(model_src, source_params, test)
+    source_only = evaluation.accuracy(model_src, source_params, test,
+                                      model_state=source_state)
     results["source_only"] = {k: common.summarize([source_only])
                               for k in names}
     table_strategies.append("source_only")
@@ -359,6 +371,7 @@ class _Candidate:
   arg: str
   model: Any
   params: PyTree = None
+  model_state: PyTree = dataclasses.field(default_factory=dict)
 
 
 def _check_candidate_config(c, model) -> list[str]:
@@ -396,7 +409,7 @@ def _check_candidate_config(c, model) -> list[str]:
 
 def _checkpoint_candidate(c, spec: str, path: str, shape) -> _Candidate:
   from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  raw = checkpoint.load_params(path)
+  raw = checkpoint.load_params(path)  # checked here for a clearer error
   head = raw.get("head") if isinstance(raw, dict) else None
   kernel = head.get("kernel") if isinstance(head, dict) else None
   if kernel is None or np.ndim(kernel) != 2:
@@ -404,15 +417,16 @@ def _checkpoint_candidate(c, spec: str, path: str, shape) -> _Candidate:
                      "(its parameters have no head/kernel); point it at the "
                      "workdir of a source run or at its params directory.")
   model = models.build_classifier(c.model, int(np.shape(kernel)[-1]), shape)
+  init, init_state = models.init_variables(model, shape, c.seed)
   try:
-    params = params_lib.merge_params(raw, models.init_params(model, shape,
-                                                             c.seed))
+    params, model_state = common.load_into(path, init,
+                                           model_state=init_state)
   except ValueError as e:
     raise ValueError(
         f"candidate {spec!r}: its parameters do not fit the model config's "
         f"classifier on the target's inputs of shape {shape} (trained on "
         f"inputs of another shape, or with another model?): {e}") from None
-  return _Candidate(spec, "ckpt", path, model, params)
+  return _Candidate(spec, "ckpt", path, model, params, model_state)
 
 
 def _parse_candidates(c, target: data_lib.Dataset) -> list[_Candidate]:
@@ -424,7 +438,7 @@ def _parse_candidates(c, target: data_lib.Dataset) -> list[_Candidate]:
     if spec == "random":
       model = models.build_classifier(c.model, target.num_classes, shape)
       cand = _Candidate(spec, "random", "", model,
-                        models.init_params(model, shape, c.seed))
+                        *models.init_variables(model, shape, c.seed))
     elif kind == "data" and arg:
       ds = common.load(c, arg).require_labels()
       common.check_same_shape(
@@ -566,7 +580,7 @@ def _rank_candidates(c, workdir: str, t0: float) -> dict:
   src_acc = {}
   for k, cand in enumerate(cands):
     if cand.kind == "data":
-      cand.params, m = common.source_params(
+      cand.params, cand.model_state, m = common.source_params(
           c.pretrain, init_from="", source=cand.arg, seed=c.seed,
           data_dir=c.data_dir, model_config=c.model, model=cand.model,
           example_shape=shape,
@@ -584,7 +598,7 @@ def _rank_candidates(c, workdir: str, t0: float) -> dict:
   for k, cand in enumerate(cands):
     cache = caches[cand.spec] = common.feature_cache(
         cand.model, cand.params, target.x, workdir=workdir,
-        name=f"candidate{k}_target_train")
+        name=f"candidate{k}_target_train", model_state=cand.model_state)
     probs = features_lib.FeatureCache(target.x, _softmax(evaluation.predict(
         cand.model, features_lib.head_params(cand.params), cache.features,
         method="logits_from_features")))
@@ -609,13 +623,15 @@ def _rank_candidates(c, workdir: str, t0: float) -> dict:
                     f"{len(seeds)} seeds")
     test_features = (common.feature_cache(
         cand.model, cand.params, test.x, workdir=workdir,
-        name=f"candidate{k}_target_test").features
+        name=f"candidate{k}_target_test",
+        model_state=cand.model_state).features
                      if "linear_probe" in strategies else None)
     shared = trainers.setdefault(cand.model, common.Trainers(
         c, batch_size=c.batch_size, num_steps=c.num_steps))
     runner = _Runner(c, model=model, source_model=cand.model,
                      source_params=cand.params, cache_train=caches[cand.spec],
-                     test_features=test_features, test=test, trainers=shared)
+                     test_features=test_features, test=test, trainers=shared,
+                     source_model_state=cand.model_state)
     results, _, _ = common.run_sweep(
         c, c.target, strategies, budgets, seeds, runner.run,
         num_classes=target.num_classes,

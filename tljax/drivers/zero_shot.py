@@ -113,17 +113,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     priors = seen_attrs.mean(0) if config.dap_prior == "seen" else None
     for method in methods:
       model, more, trainer = built[method]
-      params = models.init_params(model, shape, seed, *more)
+      params, model_state = models.init_variables(model, shape, seed, *more)
 
-      def seen_accuracy(p, method=method, model=model, seen=seen,
+      def seen_accuracy(s, method=method, model=model, seen=seen,
                         seen_test=seen_test, priors=priors):
         # Validation on the seen classes' test split (never the unseen).
         pred = zsl.predict_among(zsl.class_scores(
-            method, model, p, seen_test.x, attrs, priors=priors), seen)
+            method, model, s.params, seen_test.x, attrs, priors=priors,
+            model_state=s.model_state), seen)
         return {"seen_accuracy": float(np.mean(pred == seen_test.y))}
 
       state, _ = common.fit(
-          trainer, trainer.init_state(params, extra={
+          trainer, trainer.init_state(params, model_state=model_state, extra={
               "class_attributes": jnp.asarray(seen_attrs, jnp.float32)}),
           common.batches_from(config, train.arrays(), seed=seed),
           config, workdir=workdir, eval_fn=seen_accuracy, seed=seed,
@@ -131,7 +132,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       m = zsl.evaluate(method, model, state.params, class_attributes=attrs,
                        seen=seen, unseen=unseen, unseen_x=unseen_x,
                        unseen_y=unseen_y, seen_x=seen_test.x,
-                       seen_y=seen_test.y, priors=priors)
+                       seen_y=seen_test.y, priors=priors,
+                       model_state=state.model_state)
       confusions[method] = confusions.get(method, 0) + m.pop(
           "unseen_confusion")
       runs[method].append(m)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from tljax import losses
+from tljax import models
 from tljax.train import state as state_lib
 
 
@@ -32,7 +33,8 @@ def distillation_loss(params, state, batch, rng, *, student: nn.Module,
 
   Args:
     params: the student's parameters.
-    state: holds ``extra['teacher_params']``.
+    state: holds ``extra['teacher_params']`` (and
+      ``extra['teacher_model_state']`` for a teacher with BatchNorm).
     batch: ``x`` and ``y`` (``alpha=1`` needs no labels: ``y`` optional).
     rng, axis_name: unused (the step shape).
     student, teacher: the two models (their outputs must have the same
@@ -43,12 +45,15 @@ def distillation_loss(params, state, batch, rng, *, student: nn.Module,
   Returns:
     ``(loss, metrics)`` with ``kl``, ``ce`` (if labelled) and ``accuracy``.
   """
-  del rng, axis_name
+  del axis_name
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-  teacher_logits = teacher.apply({"params": state.extra["teacher_params"]},
-                                 batch["x"])
-  logits = student.apply({"params": params}, batch["x"], train=True)
+  teacher_logits = models.apply(
+      teacher, state.extra["teacher_params"], batch["x"],
+      model_state=state.extra.get("teacher_model_state"))
+  logits, model_state = models.apply_train(
+      student, params, batch["x"],
+      model_state=state_lib.model_state_of(state), rng=rng)
   kl = jnp.mean(losses.distillation_kl(logits, teacher_logits,
                                        temperature=temperature))
   metrics = {"kl": kl}
@@ -61,7 +66,7 @@ def distillation_loss(params, state, batch, rng, *, student: nn.Module,
   elif alpha < 1.0:
     raise ValueError("the batch has no labels 'y'; use alpha=1 to learn from "
                      "the teacher alone")
-  return loss, metrics
+  return loss, state_lib.loss_aux(metrics, model_state)
 
 
 def make_step(student: nn.Module, tx: optax.GradientTransformation, *,

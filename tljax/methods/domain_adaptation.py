@@ -87,12 +87,13 @@ def classifier_params(params: PyTree) -> PyTree:
 
 def add_discriminator(params: PyTree, model: nn.Module,
                       disc: nn.Module, example_shape: Sequence[int],
-                      seed: int) -> PyTree:
+                      seed: int, *, model_state: PyTree | None = None
+                      ) -> PyTree:
   """``params`` of ``model`` with ``'disc'``, the parameters of the domain
   classifier ``disc`` on ``model``'s features, initialised from ``seed``."""
   x = jax.ShapeDtypeStruct((1,) + tuple(example_shape), jnp.float32)
-  h = jax.eval_shape(
-      lambda x: model.apply({"params": params}, x, method="features"), x)
+  h = jax.eval_shape(lambda x: models.apply(
+      model, params, x, model_state=model_state, method="features"), x)
   return dict(params, disc=models.init_params(disc, h.shape[1:], seed))
 
 
@@ -152,21 +153,23 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
     ValueError: on a missing key, a source/target shape mismatch or an empty
       batch (at trace time).
   """
-  del rng
   if alignment_name not in ALIGNMENTS:
     raise ValueError(f"unknown alignment {alignment_name!r}; choose one of "
                      f"{ALIGNMENTS}")
   _check_batch(batch, alignment_name)
   x, y = batch["x"], batch["y"]
-  variables = {"params": classifier_params(params)}
+  cparams = classifier_params(params)
   ns = x.shape[0]
-  if alignment_name == "none":
-    h = model.apply(variables, x, train=True, method="features")
-  else:
-    h = model.apply(variables, jnp.concatenate([x, batch["x_target"]], 0),
-                    train=True, method="features")
+  # One forward pass over source and target together, as TLlib does: with
+  # BatchNorm, the statistics are those of both domains' batch.
+  h, model_state = models.apply_train(
+      model, cparams, x if alignment_name == "none"
+      else jnp.concatenate([x, batch["x_target"]], 0),
+      model_state=state_lib.model_state_of(state), rng=rng,
+      method="features")
   hs, ht = h[:ns], h[ns:]
-  logits = model.apply(variables, hs, method="logits_from_features")
+  logits = model.apply({"params": cparams}, hs,
+                       method="logits_from_features")
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
   class_loss = losses.weighted_mean(ce, batch.get("w"), axis_name=axis_name)
   lam = weight * dann_lambda(state.step, total_steps, gamma=schedule_gamma,
@@ -174,7 +177,7 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
   metrics = {"class_loss": class_loss,
              "source_accuracy": losses.accuracy(logits, y), "lam": lam}
   if alignment_name == "none":
-    return class_loss, metrics
+    return class_loss, state_lib.loss_aux(metrics, model_state)
   if alignment_name == "dann":
     if discriminator is None or "disc" not in params:
       raise ValueError("alignment 'dann' needs a discriminator module and "
@@ -194,7 +197,7 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
       align = alignment.coral_loss(gs, gt)
     loss = class_loss + lam * align
   metrics["align_loss"] = align
-  return loss, metrics
+  return loss, state_lib.loss_aux(metrics, model_state)
 
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
@@ -207,16 +210,19 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 # ------------------------------------------------------------ evaluation
-def features(model: nn.Module, params: PyTree, x: np.ndarray) -> np.ndarray:
+def features(model: nn.Module, params: PyTree, x: np.ndarray, *,
+             model_state: PyTree | None = None) -> np.ndarray:
   """Backbone features of ``x`` (flattened per example)."""
   f = evaluation.predict(model, classifier_params(params), x,
-                         method="features")
+                         model_state=model_state, method="features")
   return f.reshape(len(f), -1)
 
 
-def accuracy(model: nn.Module, params: PyTree, ds) -> float:
+def accuracy(model: nn.Module, params: PyTree, ds, *,
+             model_state: PyTree | None = None) -> float:
   """The classifier's accuracy on a labelled data set (``disc`` ignored)."""
-  return evaluation.accuracy(model, classifier_params(params), ds)
+  return evaluation.accuracy(model, classifier_params(params), ds,
+                             model_state=model_state)
 
 
 def linear_domain_accuracy(fs: np.ndarray, ft: np.ndarray, *,

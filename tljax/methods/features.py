@@ -37,14 +37,15 @@ PyTree = Any
 
 
 def extract_features(model: nn.Module, params: PyTree, x: np.ndarray, *,
-                     batch_size: int = 512) -> np.ndarray:
+                     batch_size: int = 512,
+                     model_state: PyTree | None = None) -> np.ndarray:
   """The backbone's outputs ``model.features(x)`` for all of ``x``."""
   x = np.asarray(x)
   if x.ndim < 2 or len(x) == 0:
     raise ValueError(f"extract_features needs a non-empty batch of examples "
                      f"with the example axis first; got shape {x.shape}")
   return evaluation.predict(model, params, x, batch_size=batch_size,
-                            method="features")
+                            model_state=model_state, method="features")
 
 
 class FeatureCache:
@@ -67,10 +68,12 @@ class FeatureCache:
 
   @classmethod
   def build(cls, model: nn.Module, params: PyTree, x: np.ndarray, *,
-            batch_size: int = 512) -> "FeatureCache":
+            batch_size: int = 512, model_state: PyTree | None = None
+            ) -> "FeatureCache":
     """Runs the backbone once over ``x`` (:func:`extract_features`)."""
     x = np.asarray(x, np.float32)
-    return cls(x, extract_features(model, params, x, batch_size=batch_size))
+    return cls(x, extract_features(model, params, x, batch_size=batch_size,
+                                   model_state=model_state))
 
   def lookup(self, x: np.ndarray) -> np.ndarray:
     """Features of examples that were cached; raises on unknown ones."""

@@ -50,6 +50,7 @@ import numpy as np
 import optax
 
 from tljax import losses
+from tljax import models
 from tljax import params as params_lib
 from tljax.methods import supervised
 from tljax.train import state as state_lib
@@ -59,32 +60,44 @@ PyTree = Any
 
 
 # ----------------------------------------------------------- layer transfer
-def layer_patterns(num_layers: int, k: int, which: str = "first", *,
-                   prefix: str = "backbone") -> tuple[str, ...]:
-  """Regexes naming the first or last ``k`` of ``num_layers`` layers.
+def layer_names(layers) -> tuple[str, ...]:
+  """The names of a backbone's layers, input to output: ``layers`` is a
+  backbone (its ``layer_names``: ``layer_<i>`` for the MLP and the CNNs,
+  ``stem, stage_1, ...`` for a ResNet), a sequence of names, or a number
+  of ``layer_<i>`` layers."""
+  if isinstance(layers, int):
+    return tuple(f"layer_{i}" for i in range(layers))
+  if hasattr(layers, "layer_names"):
+    return tuple(layers.layer_names)
+  return tuple(layers)
 
-  Layers are the ``layer_<i>`` modules of a tljax backbone, counted from the
-  input.
+
+def layer_patterns(layers, k: int, which: str = "first", *,
+                   prefix: str = "backbone") -> tuple[str, ...]:
+  """Regexes naming the first or last ``k`` layers of a backbone.
 
   Args:
-    num_layers: layers in the backbone (``backbone.num_layers``).
-    k: how many to name, ``0 <= k <= num_layers``.
+    layers: the backbone, its layer names, or its number of ``layer_<i>``
+      layers (:func:`layer_names`).
+    k: how many to name, ``0 <= k <=`` the number of layers.
     which: ``first`` (closest to the input) or ``last``.
     prefix: the backbone's top-level name in the parameter tree.
 
   Returns:
-    One ``<prefix>/layer_<i>/.*`` regex per layer.
+    One ``<prefix>/<layer name>/.*`` regex per layer.
 
   Raises:
     ValueError: on ``k`` out of range or an unknown ``which``.
   """
+  names = layer_names(layers)
+  num_layers = len(names)
   if which not in ("first", "last"):
     raise ValueError(f"which must be 'first' or 'last', got {which!r}")
   if not 0 <= k <= num_layers:
     raise ValueError(f"k must be in [0, {num_layers}] (the backbone has "
                      f"{num_layers} layers), got {k}")
-  idx = range(k) if which == "first" else range(num_layers - k, num_layers)
-  return tuple(f"{re.escape(prefix)}/layer_{i}/.*" for i in idx)
+  chosen = names[:k] if which == "first" else names[num_layers - k:]
+  return tuple(f"{re.escape(prefix)}/{re.escape(n)}/.*" for n in chosen)
 
 
 def _unflatten(flat: dict[str, Any]) -> PyTree:
@@ -127,13 +140,27 @@ def transfer_layers(source_params: PyTree, init_params: PyTree,
                                  dont_load=(others,) if rest else ())
 
 
+def transfer_model_state(source_state: PyTree, init_state: PyTree,
+                         patterns: Sequence[str]) -> PyTree:
+  """:func:`transfer_layers` for the model state (BatchNorm statistics):
+  each collection takes the leaves the ``patterns`` name from the source
+  (patterns naming no statistics, e.g. a head's, are skipped)."""
+  out = dict(init_state)
+  for name, tree in init_state.items():
+    names = params_lib.leaf_names(tree)
+    used = [p for p in patterns if any(re.fullmatch(p, n) for n in names)]
+    if used and name in source_state:
+      out[name] = transfer_layers(source_state[name], tree, used)
+  return out
+
+
 def freeze_rules(patterns: Sequence[str], *, rest: float = 1.0
                  ) -> list[tuple[str, Any]]:
   """``lr_rules`` freezing ``patterns`` and training the rest at ``rest``x."""
   return [(p, None) for p in patterns] + [(".*", rest)]
 
 
-def discriminative_lr_rules(num_layers: int, *, decay: float = 1 / 2.6,
+def discriminative_lr_rules(layers, *, decay: float = 1 / 2.6,
                             rest: float = 1.0, prefix: str = "backbone"
                             ) -> list[tuple[str, float]]:
   """Per-layer learning-rate multipliers shrinking towards the input.
@@ -145,11 +172,12 @@ def discriminative_lr_rules(num_layers: int, *, decay: float = 1 / 2.6,
   """
   if not 0 < decay <= 1:
     raise ValueError(f"decay must be in (0, 1], got {decay}")
-  return ([(f"{re.escape(prefix)}/layer_{i}/.*", float(decay ** (num_layers - i)))
-           for i in range(num_layers)] + [(".*", rest)])
+  patterns = layer_patterns(layers, len(layer_names(layers)), prefix=prefix)
+  return ([(p, float(decay ** (len(patterns) - i)))
+           for i, p in enumerate(patterns)] + [(".*", rest)])
 
 
-def gradual_unfreezing_stages(num_layers: int, num_steps: int, *,
+def gradual_unfreezing_stages(layers, num_steps: int, *,
                               prefix: str = "backbone",
                               layer_rate: float = 1.0
                               ) -> list[tuple[int, list[tuple[str, Any]]]]:
@@ -170,6 +198,7 @@ def gradual_unfreezing_stages(num_layers: int, num_steps: int, *,
   Returns:
     ``[(steps, lr_rules), ...]``, ``num_layers + 1`` stages.
   """
+  num_layers = len(layer_names(layers))
   stages = num_layers + 1
   if num_steps < stages:
     raise ValueError(f"gradual unfreezing of {num_layers} layers needs at "
@@ -177,9 +206,8 @@ def gradual_unfreezing_stages(num_layers: int, num_steps: int, *,
   per = num_steps // stages
   out = []
   for j in range(stages):
-    frozen = layer_patterns(num_layers, num_layers - j, "first",
-                            prefix=prefix)
-    unfrozen = layer_patterns(num_layers, j, "last", prefix=prefix)
+    frozen = layer_patterns(layers, num_layers - j, "first", prefix=prefix)
+    unfrozen = layer_patterns(layers, j, "last", prefix=prefix)
     rules = ([(p, None) for p in frozen] + [(p, layer_rate) for p in unfrozen]
              + [(".*", 1.0)])
     steps = per if j < stages - 1 else num_steps - per * (stages - 1)
@@ -190,7 +218,7 @@ def gradual_unfreezing_stages(num_layers: int, num_steps: int, *,
 # ------------------------------------------------- conservative training
 def l2_sp_loss(params, state, batch, rng, *, model: nn.Module,
                shared_mask: PyTree, alpha: float = 0.1, beta: float = 0.01,
-               axis_name=None):
+               freeze_bn: bool = False, axis_name=None):
   """Cross-entropy plus the L2-SP penalty (Li et al., 2018).
 
   ``state.extra['source_params']`` holds the starting point ``w^0`` in the
@@ -198,12 +226,14 @@ def l2_sp_loss(params, state, batch, rng, *, model: nn.Module,
   ``shared_mask`` (:func:`tljax.losses.l2_sp_shared_mask`) says which leaves
   come from the source. Metrics: ``accuracy``, ``ce``, ``l2_sp``.
   """
-  ce, metrics = supervised.classification_loss(params, state, batch, rng,
-                                               model=model,
-                                               axis_name=axis_name)
+  ce, aux = supervised.classification_loss(params, state, batch, rng,
+                                           model=model, freeze_bn=freeze_bn,
+                                           axis_name=axis_name)
+  metrics, model_state = state_lib.split_aux(aux, {})
   penalty = losses.l2_sp_penalty(params, state.extra["source_params"],
                                  shared_mask, alpha=alpha, beta=beta)
-  return ce + penalty, dict(metrics, ce=ce, l2_sp=penalty)
+  return ce + penalty, state_lib.loss_aux(
+      dict(metrics, ce=ce, l2_sp=penalty), model_state)
 
 
 def lwf_params(params: PyTree, source_params: PyTree) -> PyTree:
@@ -225,17 +255,21 @@ def target_params(params: PyTree) -> PyTree:
 
 def lwf_loss(params, state, batch, rng, *, model: nn.Module,
              source_model: nn.Module, weight: float = 1.0,
-             temperature: float = 2.0, axis_name=None):
+             temperature: float = 2.0, freeze_bn: bool = False,
+             axis_name=None):
   """Cross-entropy on the target plus the LwF penalty (Li & Hoiem, 2016).
 
-  The frozen source model (``state.extra['source_params']``, applied with
-  ``source_model``) gives the recorded old-task outputs on the target
-  inputs; the current trunk with the trainable ``params['source_head']``
-  gives the new ones. Metrics: ``accuracy``, ``ce``, ``lwf``.
+  The frozen source model (``state.extra['source_params']``, and its
+  ``state.extra['source_model_state']`` if it has BatchNorm, applied with
+  ``source_model`` in inference mode) gives the recorded old-task outputs
+  on the target inputs; the current trunk with the trainable
+  ``params['source_head']`` gives the new ones. Metrics: ``accuracy``,
+  ``ce``, ``lwf``.
   """
-  del rng
   x = batch["x"]
-  h = model.apply({"params": params}, x, train=True, method="features")
+  h, model_state = models.apply_train(
+      model, params, x, model_state=state_lib.model_state_of(state),
+      train=not freeze_bn, rng=rng, method="features")
   logits = model.apply({"params": params}, h, method="logits_from_features")
   ce = losses.weighted_mean(
       optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]),
@@ -243,24 +277,27 @@ def lwf_loss(params, state, batch, rng, *, model: nn.Module,
   old = source_model.apply(
       {"params": {"head": params["source_head"]}}, h,
       method="logits_from_features")
-  recorded = source_model.apply({"params": state.extra["source_params"]}, x)
+  recorded = models.apply(source_model, state.extra["source_params"], x,
+                          model_state=state.extra.get("source_model_state"))
   penalty = jnp.mean(losses.lwf_penalty(old, recorded,
                                         temperature=temperature))
-  return ce + weight * penalty, {"accuracy": losses.accuracy(logits,
-                                                             batch["y"]),
-                                 "ce": ce, "lwf": penalty}
+  return ce + weight * penalty, state_lib.loss_aux(
+      {"accuracy": losses.accuracy(logits, batch["y"]), "ce": ce,
+       "lwf": penalty}, model_state)
 
 
 def train_in_stages(params: PyTree, stages, *, make_step: Callable,
                     make_tx: Callable, arrays: dict[str, np.ndarray],
                     batch_size: int, seed: int, rng: jax.Array,
-                    extra: PyTree | None = None, trainers: dict | None = None,
-                    parallel: str = "auto"):
+                    extra: PyTree | None = None,
+                    model_state: PyTree | None = None,
+                    trainers: dict | None = None, parallel: str = "auto"):
   """Trains through ``[(steps, lr_rules), ...]`` with a fresh optimizer each.
 
   Used for gradual unfreezing (:func:`gradual_unfreezing_stages`). The
   optimizer state restarts at each stage (its set of trainable leaves
-  changes); the data order continues where the last stage stopped.
+  changes); the data order and the model state (BatchNorm statistics)
+  continue where the last stage stopped.
 
   Args:
     params: initial parameters.
@@ -270,24 +307,25 @@ def train_in_stages(params: PyTree, stages, *, make_step: Callable,
     make_tx: ``make_tx(params, lr_rules) -> optax.GradientTransformation``.
     arrays, batch_size, seed, rng: the data and randomness.
     extra: ``state.extra`` (e.g. ``source_params``).
+    model_state: the model's initial state, if any.
     trainers: a dict to cache the compiled :class:`tljax.train.Trainer` of
       each stage across calls (keyed by stage index).
     parallel: the trainers' parallel mode.
 
   Returns:
-    ``(params, metrics of the last step)``.
+    ``(state, metrics)``: the last stage's train state and last metrics.
   """
   trainers = {} if trainers is None else trainers
-  done, metrics = 0, {}
+  done, metrics, state = 0, {}, None
   for i, (steps, rules) in enumerate(stages):
     if i not in trainers:
       tx = make_tx(params, rules)
       trainers[i] = trainer_lib.Trainer(make_step(tx), tx, parallel=parallel)
     state, metrics = trainers[i].train_from(
         params, arrays, batch_size=batch_size, num_steps=steps, seed=seed,
-        rng=rng, extra=extra, start_step=done)
-    params, done = state.params, done + steps
-  return params, metrics
+        rng=rng, extra=extra, model_state=model_state, start_step=done)
+    params, model_state, done = state.params, state.model_state, done + steps
+  return state, metrics
 
 
 LOSSES = {"finetune": supervised.classification_loss, "l2_sp": l2_sp_loss,

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from tljax import losses
+from tljax import models
 from tljax.data import episodes
 from tljax.methods import protonet
 from tljax.train import state as state_lib
@@ -79,8 +80,8 @@ class HyperNetLearner(nn.Module):
     self.scale = self.param("scale", nn.initializers.constant(
         self.init_scale), ())
 
-  def features(self, x):
-    h = self.backbone(x)
+  def features(self, x, *, train: bool = False):
+    h = self.backbone(x, train=train)
     return self.embed(h.reshape((h.shape[0], -1)))
 
   def head_weights(self, support_feats, support_y):
@@ -88,31 +89,41 @@ class HyperNetLearner(nn.Module):
     means = protonet.prototypes(support_feats, support_y, self.n_way)
     return self.generator(means)
 
-  def __call__(self, support_x, support_y, query_x):
+  def __call__(self, support_x, support_y, query_x, *, train: bool = False):
     ns = support_x.shape[0]
-    feats = self.features(jnp.concatenate([support_x, query_x]))
+    feats = self.features(jnp.concatenate([support_x, query_x]), train=train)
     w = self.head_weights(feats[:ns], support_y)
     return self.scale * _unit(feats[ns:]) @ _unit(w).T
 
 
-def episode_logits(model: HyperNetLearner, params, episode: dict):
-  return model.apply({"params": params}, episode["support_x"],
-                     episode["support_y"], episode["query_x"])
+def episode_logits(model: HyperNetLearner, params, episode: dict, *,
+                   model_state=None):
+  """Query logits of one episode (inference mode)."""
+  return models.apply(model, params, episode["support_x"],
+                      episode["support_y"], episode["query_x"],
+                      model_state=model_state)
 
 
 def hypernet_loss(params, state, batch, rng, *, model: HyperNetLearner,
                   axis_name: str | None = None):
   """Mean query cross-entropy over a meta-batch of episodes (leading task
-  axis); metrics ``accuracy`` and ``scale``."""
-  del state, rng, axis_name
+  axis); metrics ``accuracy`` and ``scale``. A BatchNorm backbone trains
+  with each episode's statistics (the running ones: their mean)."""
+  del axis_name
+  ms = state_lib.model_state_of(state)
 
   def one(ep):
-    logits = episode_logits(model, params, ep)
+    logits, new_ms = models.apply_train(
+        model, params, ep["support_x"], ep["support_y"], ep["query_x"],
+        model_state=ms, rng=rng)
     return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]))
+        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]),
+            new_ms)
 
-  ce, acc = jax.vmap(one)(episodes.task_arrays(batch))
-  return ce.mean(), {"accuracy": acc.mean(), "scale": params["scale"]}
+  ce, acc, new_ms = jax.vmap(one)(episodes.task_arrays(batch))
+  return ce.mean(), state_lib.loss_aux(
+      {"accuracy": acc.mean(), "scale": params["scale"]},
+      jax.tree.map(lambda v: v.mean(0), new_ms))
 
 
 def make_step(model: HyperNetLearner, tx: optax.GradientTransformation):
@@ -120,9 +131,9 @@ def make_step(model: HyperNetLearner, tx: optax.GradientTransformation):
   return state_lib.loss_step(hypernet_loss, tx, model=model)
 
 
-def episode_accuracies(params, batch: dict, *, model: HyperNetLearner
-                       ) -> jax.Array:
+def episode_accuracies(params, batch: dict, *, model: HyperNetLearner,
+                       model_state=None) -> jax.Array:
   """Per-episode query accuracy of a meta-batch, ``(tasks,)``."""
   return jax.vmap(lambda ep: losses.accuracy(
-      episode_logits(model, params, ep), ep["query_y"]))(
-          episodes.task_arrays(batch))
+      episode_logits(model, params, ep, model_state=model_state),
+      ep["query_y"]))(episodes.task_arrays(batch))

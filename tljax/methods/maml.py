@@ -80,16 +80,29 @@ def _rule_scales(params: PyTree, inner_rules) -> PyTree | None:
                       is_leaf=lambda m: m is None)
 
 
+def _apply(model: nn.Module, params: PyTree, model_state: PyTree, x):
+  """``model`` on a task's examples. A BatchNorm model normalises with the
+  statistics of the examples it is given, and keeps no running ones: the
+  transductive BatchNorm of Finn et al.'s reference implementation."""
+  if not model_state:
+    return model.apply({"params": params}, x)
+  return model.apply({"params": params, **model_state}, x, train=True,
+                     mutable=list(model_state))[0]
+
+
 def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
                 model: nn.Module, kind: str, inner_lr=0.01,
                 inner_steps: int | None = 1, first_order: bool = False,
-                inner_rules=None, return_path: bool = False):
+                inner_rules=None, return_path: bool = False,
+                model_state: PyTree | None = None):
   """SGD steps on one task's support set ``(x, y)`` from ``params``.
 
   Args:
     params: the initial (meta-learned) parameters.
     x, y: the support set.
     model: a linen module, applied as ``model.apply({'params': p}, x)``.
+    model_state: its BatchNorm statistics' collection, if it has one
+      (the task's own statistics are used; see :func:`_apply`).
     kind: ``classification`` or ``regression``.
     inner_lr: a rate, or a sequence of per-step rates.
     inner_steps: number of steps (with a single rate).
@@ -104,7 +117,7 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
   scales = _rule_scales(params, inner_rules)
 
   def support_loss(p):
-    return task_loss(kind, model.apply({"params": p}, x), y)
+    return task_loss(kind, _apply(model, p, model_state, x), y)
 
   def step(p, lr):
     g = jax.grad(support_loss)(p)
@@ -133,16 +146,17 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
   """The MAML meta-loss of a meta-batch (leading task axis): mean query loss
   after adapting on each task's support set. Metrics: ``pre_query_loss``
   (before adaptation) and, for classification, ``accuracy``."""
-  del state, rng, axis_name
+  del rng, axis_name
+  ms = state_lib.model_state_of(state)
 
   def one(task):
     adapted = inner_adapt(params, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, first_order=first_order,
-                          inner_rules=inner_rules)
-    post = _task_metrics(kind, model.apply({"params": adapted},
-                                           task["query_x"]), task["query_y"])
-    pre = task_loss(kind, model.apply({"params": params}, task["query_x"]),
+                          inner_rules=inner_rules, model_state=ms)
+    post = _task_metrics(kind, _apply(model, adapted, ms, task["query_x"]),
+                         task["query_y"])
+    pre = task_loss(kind, _apply(model, params, ms, task["query_x"]),
                     task["query_y"])
     return post, pre
 
@@ -155,7 +169,8 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 
 def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
                      kind: str, inner_lr=0.01, inner_steps: int | None = 10,
-                     inner_rules=None) -> tuple[jax.Array, jax.Array]:
+                     inner_rules=None, model_state: PyTree | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
   """Query loss and accuracy of each task after ``0..inner_steps`` steps.
 
   Used for evaluation (e.g. MSE after 1 and 10 steps) of MAML and of any
@@ -169,11 +184,11 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
     _, path = inner_adapt(params, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, inner_rules=inner_rules,
-                          return_path=True)
+                          return_path=True, model_state=model_state)
     path = jax.tree.map(lambda p0, ps: jnp.concatenate([p0[None], ps]),
                         params, path)
     return jax.vmap(lambda p: _task_metrics(
-        kind, model.apply({"params": p}, task["query_x"]),
+        kind, _apply(model, p, model_state, task["query_x"]),
         task["query_y"]))(path)
 
   return jax.vmap(one)(episodes.task_arrays(batch))
@@ -181,12 +196,14 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
 
 def episode_accuracies(params: PyTree, batch: dict, *, model: nn.Module,
                        inner_lr=0.01, inner_steps: int | None = 10,
-                       inner_rules=None) -> jax.Array:
+                       inner_rules=None, model_state: PyTree | None = None
+                       ) -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` SGD steps
   on each episode's support set (classification)."""
   return adaptation_curve(params, batch, model=model, kind="classification",
                           inner_lr=inner_lr, inner_steps=inner_steps,
-                          inner_rules=inner_rules)[1][:, -1]
+                          inner_rules=inner_rules,
+                          model_state=model_state)[1][:, -1]
 
 
 def joint_regression_loss(params, state, batch, rng, *, model: nn.Module,

@@ -73,8 +73,10 @@ def build_embedding_net(model_config, example_shape, *, dim: int,
                       dim=dim, normalize=normalize)
 
 
-def _embed(model, params, x):
-  return model.apply({"params": params}, x, train=True)
+def _embed(model, params, state, x, rng):
+  return models.apply_train(model, params, x,
+                            model_state=state_lib.model_state_of(state),
+                            rng=rng)
 
 
 def triplet_loss(params, state, batch, rng, *, model: nn.Module,
@@ -82,15 +84,15 @@ def triplet_loss(params, state, batch, rng, *, model: nn.Module,
                  distance: str = "l2", axis_name: str | None = None):
   """Triplet loss of ``model``'s embeddings of ``batch['x']`` (labels
   ``batch['y']``), mined over the global batch; see the module docstring."""
-  del state, rng
-  emb = _embed(model, params, batch["x"])
+  emb, model_state = _embed(model, params, state, batch["x"], rng)
   labels = batch["y"]
   if axis_name is not None:
     emb = jax.lax.all_gather(emb, axis_name, tiled=True)
     labels = jax.lax.all_gather(labels, axis_name, tiled=True)
   loss = losses.triplet_loss(emb, labels, margin=margin, mining=mining,
                              distance=distance)
-  return loss, {"embedding_norm": jnp.linalg.norm(emb, axis=-1).mean()}
+  return loss, state_lib.loss_aux(
+      {"embedding_norm": jnp.linalg.norm(emb, axis=-1).mean()}, model_state)
 
 
 def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
@@ -102,9 +104,10 @@ def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
   mean over pairs, so ``train_step``'s ``pmean`` over equal device shards
   already gives the global mean (no gather needed).
   """
-  del state, rng, axis_name
+  del axis_name
   n = batch["x1"].shape[0]
-  emb = _embed(model, params, jnp.concatenate([batch["x1"], batch["x2"]]))
+  emb, model_state = _embed(model, params, state,
+                            jnp.concatenate([batch["x1"], batch["x2"]]), rng)
   a, b = emb[:n], emb[n:]
   loss = jnp.mean(losses.contrastive_loss(
       a, b, batch["same"], pos_margin=pos_margin, neg_margin=neg_margin,
@@ -113,7 +116,8 @@ def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
   same = batch["same"].astype(bool)
   mean_d = lambda m: jnp.sum(jnp.where(m, d, 0.0)) / jnp.maximum(  # noqa: E731
       jnp.sum(m), 1)
-  return loss, {"dist_same": mean_d(same), "dist_diff": mean_d(~same)}
+  return loss, state_lib.loss_aux(
+      {"dist_same": mean_d(same), "dist_diff": mean_d(~same)}, model_state)
 
 
 LOSSES = {"triplet": triplet_loss, "contrastive": contrastive_loss}
@@ -185,12 +189,12 @@ def verification_auc(embeddings, labels, *, distance: str = "l2",
 
 
 def evaluate(model: nn.Module, params: PyTree, dataset, *,
-             ks: Sequence[int] = (1, 5), distance: str = "l2"
-             ) -> dict[str, float]:
+             ks: Sequence[int] = (1, 5), distance: str = "l2",
+             model_state: PyTree | None = None) -> dict[str, float]:
   """Recall@k and verification AUC of ``model``'s embeddings on
   ``dataset`` (held-out classes)."""
   dataset.require_labels(int(dataset.y.max()) + 1)
-  emb = evaluation.predict(model, params, dataset.x)
+  emb = evaluation.predict(model, params, dataset.x, model_state=model_state)
   out = recall_at_k(emb, dataset.y, ks, distance=distance)
   out["auc"] = verification_auc(emb, dataset.y, distance=distance)
   return out

@@ -32,6 +32,7 @@ import optax
 
 from tljax import evaluation
 from tljax import losses
+from tljax import models
 from tljax.train import state as state_lib
 from tljax.train import trainer as trainer_lib
 
@@ -86,21 +87,24 @@ def multitask_loss(params, state, batch, rng, *, model: MultiTaskModel,
   Returns:
     ``(loss, metrics)``.
   """
-  del state, rng, axis_name
+  del axis_name
   known = {t for t, _ in model.tasks}
   unknown = [t for t, _ in weights if t not in known]
   if unknown:
     raise ValueError(f"weights name tasks {unknown} that the model does not "
                      f"have; it has {sorted(known)}")
   total, metrics = 0.0, {}
+  model_state = state_lib.model_state_of(state)
   for task, w in weights:
     x, y = _task_inputs(batch, task)
-    logits = model.apply({"params": params}, x, task=task, train=True)
+    # With BatchNorm, each task's pass updates the shared statistics.
+    logits, model_state = models.apply_train(
+        model, params, x, model_state=model_state, rng=rng, task=task)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     metrics[f"loss_{task}"] = ce
     metrics[f"accuracy_{task}"] = losses.accuracy(logits, y)
     total = total + w * ce
-  return total, metrics
+  return total, state_lib.loss_aux(metrics, model_state)
 
 
 def task_batches(task_arrays: dict[str, dict[str, np.ndarray]],
@@ -128,17 +132,19 @@ def _task_method(task: str):
   return logits
 
 
-def predict_task(model: MultiTaskModel, params, x: np.ndarray, task: str
-                 ) -> np.ndarray:
+def predict_task(model: MultiTaskModel, params, x: np.ndarray, task: str, *,
+                 model_state=None) -> np.ndarray:
   """Logits of one task's head over ``x`` (fixed-size batches, one
   compilation per task)."""
-  return evaluation.predict(model, params, x, method=_task_method(task))
+  return evaluation.predict(model, params, x, model_state=model_state,
+                            method=_task_method(task))
 
 
 def task_accuracy(model: MultiTaskModel, params, task: str, x: np.ndarray,
-                  y: np.ndarray) -> float:
+                  y: np.ndarray, *, model_state=None) -> float:
   """Accuracy of one task's head on ``(x, y)``."""
-  return float(np.mean(predict_task(model, params, x, task).argmax(-1) == y))
+  return float(np.mean(predict_task(model, params, x, task,
+                                    model_state=model_state).argmax(-1) == y))
 
 
 def make_step(model: MultiTaskModel, tx: optax.GradientTransformation, *,

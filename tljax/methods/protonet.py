@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from tljax import losses
+from tljax import models
 from tljax import ops
 from tljax.data import episodes
 from tljax.train import state as state_lib
@@ -78,10 +79,13 @@ def episode_logits(embed_fn: Callable[[jax.Array], jax.Array],
 
 
 def model_embed_fn(model: nn.Module, params: PyTree, *,
-                   method: str | None = None):
-  """``x -> model.apply(params, x)`` (e.g. ``method='features'`` for a
-  :class:`~tljax.models.Classifier`'s backbone)."""
-  return lambda x: model.apply({"params": params}, x, method=method)
+                   method: str | None = None,
+                   model_state: PyTree | None = None):
+  """``x -> model.apply(params, x)`` in inference mode (e.g.
+  ``method='features'`` for a :class:`~tljax.models.Classifier`'s
+  backbone)."""
+  return lambda x: models.apply(model, params, x, model_state=model_state,
+                                method=method)
 
 
 def protonet_loss(params, state, batch, rng, *, model: nn.Module,
@@ -91,16 +95,27 @@ def protonet_loss(params, state, batch, rng, *, model: nn.Module,
   axis, from :class:`tljax.data.episodes.EpisodeSampler`); metric
   ``accuracy``. Tasks are independent, so ``train_step``'s ``pmean`` over
   equal device shares of tasks is the global mean."""
-  del state, rng, axis_name
-  embed = model_embed_fn(model, params, method=method)
+  del axis_name
+  model_state = state_lib.model_state_of(state)
 
   def one(ep):
+    # Training mode: a BatchNorm backbone normalises with each episode's
+    # statistics; the running ones are the mean of the episodes' updates.
+    updated = {}
+
+    def embed(x):
+      out, updated["model_state"] = models.apply_train(
+          model, params, x, model_state=model_state, rng=rng, method=method)
+      return out
     logits = episode_logits(embed, ep, n_way, distance=distance)
     return (jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]))
+        logits, ep["query_y"])), losses.accuracy(logits, ep["query_y"]),
+            updated["model_state"])
 
-  ce, acc = jax.vmap(one)(episodes.task_arrays(batch))
-  return ce.mean(), {"accuracy": acc.mean()}
+  ce, acc, new_state = jax.vmap(one)(episodes.task_arrays(batch))
+  return ce.mean(), state_lib.loss_aux(
+      {"accuracy": acc.mean()},
+      jax.tree.map(lambda v: v.mean(0), new_state))
 
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
@@ -123,8 +138,10 @@ def centroid_accuracies(embed_fn, batch: dict, n_way: int, *,
 
 def episode_accuracies(params, batch: dict, *, model: nn.Module, n_way: int,
                        distance: str = "squared_l2",
-                       method: str | None = None) -> jax.Array:
+                       method: str | None = None,
+                       model_state: PyTree | None = None) -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` of the prototypical network
   (``model``'s embedding, or its ``method``, e.g. ``'features'``)."""
-  return centroid_accuracies(model_embed_fn(model, params, method=method),
-                             batch, n_way, distance=distance)
+  return centroid_accuracies(
+      model_embed_fn(model, params, method=method, model_state=model_state),
+      batch, n_way, distance=distance)

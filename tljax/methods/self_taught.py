@@ -103,16 +103,19 @@ def reconstruction_loss(params, state, batch, rng, *, model: Autoencoder,
   the code, in the spirit of Raina et al.'s sparse coding). Metrics:
   ``mse``, ``code_l1``.
   """
-  del state, axis_name
+  del axis_name
   x = batch["x"]
   noisy = x
   if noise_std:
     noisy = x + noise_std * jax.random.normal(rng, x.shape, x.dtype)
-  code = model.apply({"params": params}, noisy, train=True, method="encode")
+  code, model_state = models.apply_train(
+      model, params, noisy, model_state=state_lib.model_state_of(state),
+      rng=jax.random.fold_in(rng, 1), method="encode")
   recon = model.apply({"params": params}, code, method="decode")
   mse = jnp.mean((recon - x) ** 2)
   code_l1 = jnp.mean(jnp.abs(code))
-  return mse + sparsity * code_l1, {"mse": mse, "code_l1": code_l1}
+  return mse + sparsity * code_l1, state_lib.loss_aux(
+      {"mse": mse, "code_l1": code_l1}, model_state)
 
 
 def make_step(model: Autoencoder, tx: optax.GradientTransformation, *,
@@ -133,9 +136,11 @@ def classifier_from_autoencoder(model: Autoencoder, params: PyTree, *,
                                       dont_load=("head/.*",))
 
 
-def encode(model: Autoencoder, params: PyTree, x: np.ndarray) -> np.ndarray:
+def encode(model: Autoencoder, params: PyTree, x: np.ndarray, *,
+           model_state: PyTree | None = None) -> np.ndarray:
   """The code (features) of every example of ``x``."""
-  return evaluation.predict(model, params, x, method="encode")
+  return evaluation.predict(model, params, x, model_state=model_state,
+                            method="encode")
 
 
 def cluster_quality(features: np.ndarray, labels: np.ndarray, *,

@@ -208,12 +208,14 @@ def dap_loss(params, state, batch, rng, *, model: nn.Module, axis_name=None):
   ``state.extra['class_attributes']`` (the seen classes' descriptions,
   carried in the state so that one compiled step serves every class split).
   Metrics: ``attribute_accuracy``."""
-  del rng, axis_name
-  logits = model.apply({"params": params}, batch["x"], train=True)
+  del axis_name
+  logits, model_state = models.apply_train(
+      model, params, batch["x"], model_state=state_lib.model_state_of(state),
+      rng=rng)
   targets = state.extra["class_attributes"][batch["y"]]
   loss = jnp.mean(losses.attribute_loss(logits, targets))
   acc = jnp.mean((logits > 0) == (targets > 0.5))
-  return loss, {"attribute_accuracy": acc}
+  return loss, state_lib.loss_aux({"attribute_accuracy": acc}, model_state)
 
 
 def embedding_loss(params, state, batch, rng, *, model: ZeroShotEmbedder,
@@ -222,13 +224,15 @@ def embedding_loss(params, state, batch, rng, *, model: ZeroShotEmbedder,
   """Hinge ranking loss of ``f(x) . g(a_y)`` over the seen classes
   (``batch['y']`` indexes the rows of ``state.extra['class_attributes']``).
   Metrics: ``accuracy`` among the seen classes."""
-  del rng, axis_name
-  scores = model.apply({"params": params}, batch["x"],
-                       state.extra["class_attributes"], train=True)
+  del axis_name
+  scores, model_state = models.apply_train(
+      model, params, batch["x"], state.extra["class_attributes"],
+      model_state=state_lib.model_state_of(state), rng=rng)
   loss = jnp.mean(losses.hinge_ranking_loss(scores, batch["y"],
                                             margin=margin,
                                             reduction=reduction))
-  return loss, {"accuracy": losses.accuracy(scores, batch["y"])}
+  return loss, state_lib.loss_aux(
+      {"accuracy": losses.accuracy(scores, batch["y"])}, model_state)
 
 
 LOSSES = {"dap": dap_loss, "embedding": embedding_loss}
@@ -288,13 +292,15 @@ def dap_scores(attribute_probs, class_attributes, *, priors=None,
 
 def class_scores(method: str, model: nn.Module, params: PyTree,
                  x: np.ndarray, class_attributes: np.ndarray, *,
-                 priors=None) -> np.ndarray:
+                 priors=None, model_state: PyTree | None = None
+                 ) -> np.ndarray:
   """``(n, C)`` scores of every class in ``class_attributes`` for ``x``."""
   if method == "dap":
-    logits = evaluation.predict(model, params, x)
+    logits = evaluation.predict(model, params, x, model_state=model_state)
     return np.asarray(dap_scores(jax.nn.sigmoid(logits), class_attributes,
                                  priors=priors))
-  emb = evaluation.predict(model, params, x, method="embed_inputs")
+  emb = evaluation.predict(model, params, x, model_state=model_state,
+                           method="embed_inputs")
   cls = model.apply({"params": params}, jnp.asarray(class_attributes),
                     method="embed_classes")
   return emb @ np.asarray(cls).T
@@ -317,13 +323,14 @@ def evaluate(method: str, model: nn.Module, params: PyTree, *,
              class_attributes: np.ndarray, seen: Sequence[int],
              unseen: Sequence[int], unseen_x: np.ndarray,
              unseen_y: np.ndarray, seen_x: np.ndarray, seen_y: np.ndarray,
-             priors=None) -> dict[str, Any]:
+             priors=None, model_state: PyTree | None = None
+             ) -> dict[str, Any]:
   """Zero-shot (unseen only) and generalized zero-shot (all classes)
   accuracies; ``*_y`` hold original class ids."""
   s_u = class_scores(method, model, params, unseen_x, class_attributes,
-                     priors=priors)
+                     priors=priors, model_state=model_state)
   s_s = class_scores(method, model, params, seen_x, class_attributes,
-                     priors=priors)
+                     priors=priors, model_state=model_state)
   pred_u = predict_among(s_u, unseen)
   every = sorted(set(seen) | set(unseen))
   g_u = float(np.mean(predict_among(s_u, every) == unseen_y))

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tljax.models import resnet as resnet_lib
+
 
 def dense_layers(x, features: Sequence[int], *, start: int = 0):
   """``Dense -> relu`` per entry of ``features`` on flattened ``x``, the
@@ -41,6 +43,10 @@ class MLP(nn.Module):
   def num_layers(self) -> int:
     return len(self.features)
 
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    return tuple(f"layer_{i}" for i in range(self.num_layers))
+
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     del train
@@ -55,6 +61,10 @@ class _ConvNet(nn.Module):
   @property
   def num_layers(self) -> int:
     return len(self.channels) + (1 if self.dense else 0)
+
+  @property
+  def layer_names(self) -> tuple[str, ...]:
+    return tuple(f"layer_{i}" for i in range(self.num_layers))
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -119,10 +129,13 @@ class Classifier(nn.Module):
 
 
 BACKBONES = {"mlp": MLP, "cnn1d": CNN1D, "cnn2d": CNN2D}
+for _depth in resnet_lib.DEPTHS:
+  BACKBONES[f"resnet{_depth}"] = functools.partial(resnet_lib.resnet, _depth)
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
-  """A backbone by name (``mlp``, ``cnn1d``, ``cnn2d``) and its settings."""
+  """A backbone by name (``mlp``, ``cnn1d``, ``cnn2d``, ``resnet18`` ...
+  ``resnet101``) and its settings."""
   if name not in BACKBONES:
     raise ValueError(f"unknown backbone {name!r}; choose one of "
                      f"{sorted(BACKBONES)}")
@@ -168,13 +181,18 @@ def default_backbone_for(example_shape: Sequence[int]) -> str:
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
 def _init(model, method, key, *inputs):
-  return model.init(key, *inputs, method=method)["params"]
+  return model.init(key, *inputs, method=method)
 
 
-def init_params(model: nn.Module, example, seed, *more_inputs,
-                method: str | None = None) -> dict:
-  """``model``'s parameters, from a seed or a key, compiled once per model
-  and input shapes.
+def init_variables(model: nn.Module, example, seed, *more_inputs,
+                   method: str | None = None) -> tuple[dict, dict]:
+  """``(params, model_state)`` of ``model``, from a seed or a key, compiled
+  once per model and input shapes.
+
+  ``model_state`` holds every collection but ``params`` (BatchNorm's
+  ``batch_stats``; ``{}`` for models without state): what the train state
+  carries as ``model_state``, updated by training steps, never
+  differentiated.
 
   Args:
     model: a linen module.
@@ -185,19 +203,71 @@ def init_params(model: nn.Module, example, seed, *more_inputs,
       class descriptions, support labels); arrays, used for their shapes.
     method: the module method to initialise through (default ``__call__``).
 
-  Returns:
-    The ``params`` collection.
-
   Eager ``model.init`` dispatches every random and array operation one by
   one; the compiled initialiser is one program, reused for every seed.
-
-    >>> import jax.numpy as jnp
-    >>> p = init_params(MLP((4,)), (3,), 0)
-    >>> p['layer_0']['kernel'].shape
-    (3, 4)
   """
   key = jax.random.key(seed) if isinstance(seed, int) else seed
   if isinstance(example, (tuple, list)) and all(
       isinstance(d, (int, np.integer)) for d in example):
     example = jnp.zeros((1,) + tuple(int(d) for d in example), jnp.float32)
-  return _init(model, method, key, example, *more_inputs)
+  variables = dict(_init(model, method, key, example, *more_inputs))
+  params = variables.pop("params", {})
+  return params, variables
+
+
+def init_params(model: nn.Module, example, seed, *more_inputs,
+                method: str | None = None) -> dict:
+  """The ``params`` of :func:`init_variables` (for models without state).
+
+    >>> p = init_params(MLP((4,)), (3,), 0)
+    >>> p['layer_0']['kernel'].shape
+    (3, 4)
+  """
+  return init_variables(model, example, seed, *more_inputs, method=method)[0]
+
+
+def apply(model: nn.Module, params, x, *args, model_state=None,
+          train: bool = False, rng=None, method=None, **kwargs):
+  """``model``'s output for ``x`` (and further ``args``).
+
+  ``model_state`` is the model's other collections (BatchNorm statistics).
+  With ``train=True`` and a model state the model normalises with the
+  batch's statistics; use :func:`apply_train` to keep their update.
+  ``rng`` feeds dropout (``rngs={'dropout': rng}``) when training.
+  """
+  return apply_train(model, params, x, *args, model_state=model_state,
+                     train=train, rng=rng, method=method, **kwargs)[0]
+
+
+def apply_train(model: nn.Module, params, x, *args, model_state=None,
+                train: bool = True, rng=None, method=None, **kwargs):
+  """``(output, new model_state)``: a training forward pass that updates
+  the model's state (BatchNorm running statistics) where it has one.
+
+  Losses of models with state return ``(loss, (metrics, model_state))``
+  (see :func:`tljax.train.train_step`). ``train=False`` (e.g. fine-tuning
+  with frozen BatchNorm, TLlib's ``freeze_bn``) uses the running statistics
+  and leaves them as they are.
+  """
+  model_state = dict(model_state or {})
+  variables = {"params": params, **model_state}
+  rngs = {"dropout": rng} if train and rng is not None else None
+  if train and model_state:
+    out, updates = model.apply(variables, x, *args, train=True, rngs=rngs,
+                               method=method, mutable=list(model_state),
+                               **kwargs)
+    return out, {**model_state, **updates}
+  out = model.apply(variables, x, *args, rngs=rngs, method=method,
+                    **({"train": train} if _takes_train(model, method)
+                       else {}), **kwargs)
+  return out, model_state
+
+
+def _takes_train(model: nn.Module, method) -> bool:
+  import inspect  # pylint: disable=g-import-not-at-top
+  fn = (getattr(type(model), method) if isinstance(method, str)
+        else method if method is not None else type(model).__call__)
+  try:
+    return "train" in inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False

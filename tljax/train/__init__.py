@@ -16,7 +16,7 @@ from tljax.train.trainer import Trainer
 from tljax.train.trainer import TrainingDiverged
 from tljax.train.trainer import stack_batches
 
-_CHECKPOINT = ("Checkpointer", "save_params", "load_params")
+_CHECKPOINT = ("Checkpointer", "save_params", "load_params", "load_variables")
 
 __all__ = ["TrainState", "create_train_state", "train_step", "loss_step",
            "compile_step", "Trainer", "TrainingDiverged", "Preempted",

@@ -67,15 +67,19 @@ class Checkpointer:
     self._manager.close()
 
 
-def save_params(path: str, params: PyTree):
-  """Writes a parameter tree to ``path`` (a directory; replaced if present)."""
+def save_params(path: str, params: PyTree,
+                model_state: PyTree | None = None):
+  """Writes a model's parameters to ``path`` (a directory; replaced if
+  present), with its ``model_state`` (BatchNorm statistics) if it has one:
+  the tree is then ``{'params': params, 'batch_stats': ...}``."""
   path = _abs(path)
+  tree = {"params": params, **model_state} if model_state else params
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, jax.device_get(params), force=True)
+    ckptr.save(path, jax.device_get(tree), force=True)
 
 
-def load_params(path: str) -> PyTree:
-  """Reads a parameter tree written by :func:`save_params`.
+def load_variables(path: str) -> tuple[PyTree, dict]:
+  """``(params, model_state)`` written by :func:`save_params`.
 
   ``path`` may be the params directory or a workdir that contains one.
   """
@@ -87,5 +91,13 @@ def load_params(path: str) -> PyTree:
         f"no parameters at {path!r}: point init_from at the workdir of a "
         "finished source run (it holds params/) or at a params directory.")
   with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(path)
-  return jax.tree.map(np.asarray, tree)
+    tree = jax.tree.map(np.asarray, ckptr.restore(path))
+  if isinstance(tree, dict) and "params" in tree and set(tree) <= {
+      "params", "batch_stats", "cache"}:
+    return tree["params"], {k: v for k, v in tree.items() if k != "params"}
+  return tree, {}
+
+
+def load_params(path: str) -> PyTree:
+  """The parameters of :func:`load_variables` (its model state dropped)."""
+  return load_variables(path)[0]

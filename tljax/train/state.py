@@ -9,7 +9,11 @@ A method supplies only a loss function
 and :func:`train_step` turns it into a step: it differentiates ``params``
 (nothing else in the state), averages gradients over ``axis_name`` under
 ``pmap``, applies the optimizer, and adds ``loss``, ``l2_grads``,
-``l2_params`` and ``l2_updates`` to the metrics. Static collaborators (the
+``l2_params`` and ``l2_updates`` to the metrics. A model with state
+(BatchNorm statistics, in ``state.model_state``) makes the loss return
+``(loss, (metrics, new_model_state))`` (:func:`tljax.models.apply_train`);
+the step stores the new model state, averaged over ``axis_name`` under
+``pmap`` (under a mesh the statistics are already the global batch's). Static collaborators (the
 model, the optimizer, loss weights) are bound with ``functools.partial``:
 
     step = loss_step(my_loss, tx, model=model)   # the same, spelled out:
@@ -32,8 +36,12 @@ PyTree = Any
 
 @flax.struct.dataclass
 class TrainState:
-  """``step``, ``params``, ``opt_state`` and method-specific ``extra``.
+  """``step``, ``params``, ``opt_state``, the ``model_state`` and
+  method-specific ``extra``.
 
+  ``model_state`` is the model's collections other than ``params``
+  (``{'batch_stats': ...}`` for BatchNorm; ``{}`` for most models): updated
+  by the step, never differentiated, checkpointed with the rest.
   ``extra`` is a dict for what a method carries but does not differentiate:
   ``source_params`` for conservative training, a teacher's parameters, the
   frozen columns of a progressive net.
@@ -42,12 +50,15 @@ class TrainState:
   params: PyTree
   opt_state: PyTree
   extra: PyTree = flax.struct.field(default_factory=dict)
+  model_state: PyTree = flax.struct.field(default_factory=dict)
 
 
 def create_train_state(params: PyTree, tx: optax.GradientTransformation, *,
-                       extra: PyTree | None = None) -> TrainState:
+                       extra: PyTree | None = None,
+                       model_state: PyTree | None = None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params), extra=extra or {})
+                    opt_state=tx.init(params), extra=extra or {},
+                    model_state=dict(model_state or {}))
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
@@ -61,18 +72,20 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
   def objective(p):
     return loss_fn(p, state, batch, step_rng, axis_name=axis_name)
 
-  (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(
+  (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
       state.params)
+  metrics, model_state = split_aux(aux, state.model_state)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
-    loss, metrics = jax.lax.pmean((loss, metrics), axis_name)
+    loss, metrics, model_state = jax.lax.pmean((loss, metrics, model_state),
+                                               axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, loss=loss, l2_grads=optax.tree.norm(grads),
                  l2_params=optax.tree.norm(params),
                  l2_updates=optax.tree.norm(updates))
   return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state), metrics
+                       opt_state=opt_state, model_state=model_state), metrics
 
 
 def loss_step(loss_fn: Callable, tx: optax.GradientTransformation,
@@ -82,3 +95,21 @@ def loss_step(loss_fn: Callable, tx: optax.GradientTransformation,
   method family's ``make_step`` is this with its own loss."""
   return functools.partial(train_step, tx=tx, loss_fn=functools.partial(
       loss_fn, **loss_kwargs))
+
+
+def model_state_of(state) -> dict:
+  """The train state's ``model_state`` (``{}`` for ``None`` or a state
+  without one): what a loss passes to :func:`tljax.models.apply_train`."""
+  return dict(getattr(state, "model_state", None) or {})
+
+
+def loss_aux(metrics: dict, model_state: dict):
+  """What a loss returns beside its value: ``metrics``, or ``(metrics,
+  model_state)`` when the model has state to update."""
+  return (metrics, model_state) if model_state else metrics
+
+
+def split_aux(aux, model_state: dict) -> tuple[dict, dict]:
+  """``(metrics, model_state)`` from a loss's aux (the inverse of
+  :func:`loss_aux`; ``model_state`` when the loss updated none)."""
+  return aux if isinstance(aux, tuple) else (aux, model_state)

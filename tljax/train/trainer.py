@@ -118,12 +118,14 @@ class Trainer:
     return self.compiled.num_compiles
 
   def init_state(self, params: PyTree, *, extra: PyTree | None = None,
-                 start_step: int = 0):
-    """A fresh train state on ``params`` with the trainer's optimizer."""
+                 model_state: PyTree | None = None, start_step: int = 0):
+    """A fresh train state on ``params`` (and the model's ``model_state``,
+    e.g. BatchNorm statistics) with the trainer's optimizer."""
     if self.tx is None:
       raise ValueError("this Trainer has no optimizer: build it with "
                        "Trainer(step, tx) to create train states.")
-    state = create_train_state(params, self.tx, extra=extra)
+    state = create_train_state(params, self.tx, extra=extra,
+                               model_state=model_state)
     return state.replace(step=state.step + start_step)
 
   # ------------------------------------------------------------- lean runs
@@ -139,9 +141,11 @@ class Trainer:
 
   def train_from(self, params: PyTree, arrays: dict[str, np.ndarray], *,
                  batch_size: int, num_steps: int, seed: int, rng: jax.Array,
-                 extra: PyTree | None = None, start_step: int = 0):
+                 extra: PyTree | None = None,
+                 model_state: PyTree | None = None, start_step: int = 0):
     """:meth:`run` from a fresh state on ``params``; ``(state, metrics)``."""
-    state = self.init_state(params, extra=extra, start_step=start_step)
+    state = self.init_state(params, extra=extra, model_state=model_state,
+                            start_step=start_step)
     return self.run(state, arrays, batch_size=batch_size,
                     num_steps=num_steps, seed=seed, rng=rng)
 
@@ -182,8 +186,9 @@ class Trainer:
       rng: the run's key; the step folds in the step number.
       workdir: where metrics, checkpoints and (if resuming) state live; None
         for an in-memory run.
-      eval_fn: ``eval_fn(params) -> dict`` of metrics, run every
-        ``eval_every`` steps and at the end.
+      eval_fn: ``eval_fn(state) -> dict`` of metrics of the train state
+        (its ``params`` and ``model_state``), run every ``eval_every``
+        steps and at the end.
       log_every: steps between progress lines and NaN checks.
       checkpoint_every: steps between checkpoints (0: only at the end);
         needs ``workdir``.
@@ -284,7 +289,7 @@ class Trainer:
       if eval_fn is not None and ((eval_every and done % eval_every == 0)
                                   or is_last):
         ev = {f"eval_{k}": v
-              for k, v in eval_fn(c.device_state(state).params).items()}
+              for k, v in eval_fn(c.device_state(state)).items()}
         check_finite([(done, ev)])
         record(done, "eval", ev)
         last.update(ev)
@@ -307,7 +312,6 @@ class Trainer:
       last = {k: v for k, v in (rows[-1] if rows else {}).items()
               if k not in ("step", "split") and v is not None}
       if eval_fn is not None:
-        last.update({f"eval_{k}": v
-                     for k, v in eval_fn(host_state.params).items()})
+        last.update({f"eval_{k}": v for k, v in eval_fn(host_state).items()})
     return host_state, {k: float(v) for k, v in last.items()
                         if np.ndim(v) == 0}
