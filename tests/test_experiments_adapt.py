@@ -99,6 +99,46 @@ def test_users_own_npz_files_and_bad_inputs(tmp_path):
                           str(tmp_path / "m"))
 
 
+def test_the_backbone_fits_the_data_and_can_be_swapped(tmp_path):
+  """Flat feature vectors in an npz get an MLP under the default (mnist1d)
+  config's ``auto``; naming another backbone needs no edits of the
+  first's fields; a field the backbone does not take is one clear error."""
+  rng = np.random.default_rng(0)
+  xs = rng.normal(size=(60, 64)).astype(np.float32)
+  ys = (xs[:, 0] > 0).astype(np.int64)
+  src = _write(tmp_path / "src.npz", xs, ys)
+  tgt = _write(tmp_path / "tgt.npz", xs + 0.5, ys)
+  base = dict(source=src, target=tgt, batch_size=8)
+  config = _quick("source_only", pair="mnist1d", **base)
+  assert config.model.name == "auto"
+  wd = str(tmp_path / "auto")
+  adapt.train_and_evaluate(config, wd)
+  with open(os.path.join(wd, "results.json")) as f:
+    assert json.load(f)["backbone"] == "mlp"
+  for name in ("mlp", "cnn1d"):
+    config = _quick("source_only", pair="mnist1d", **base)
+    config.model.name = name
+    m = adapt.train_and_evaluate(config, str(tmp_path / name))
+    assert 0.0 <= m["target_accuracy"] <= 1.0
+  with pytest.raises(ValueError, match=r"backbone 'resnet18' reads images "
+                     r"\(height, width\[, channels\]\), but the examples "
+                     r"have shape \(64,\).*auto picks 'mlp'"):
+    config = _quick("source_only", pair="mnist1d", **base)
+    config.model.name = "resnet18"
+    adapt.train_and_evaluate(config, str(tmp_path / "resnet"))
+  config = _quick("source_only", pair="mnist1d", **base)
+  config.model.name = "mlp"
+  config.model.mlp.features = (8,)
+  config.model.cnn1d.channels = (1,)   # another backbone's: unused
+  adapt.train_and_evaluate(config, str(tmp_path / "mlp8"))
+  with pytest.raises(ValueError, match="model.channels is not a setting of "
+                     "backbone 'mlp'"):
+    config = _quick("source_only", pair="mnist1d", **base)
+    config.model.name = "mlp"
+    config.model.channels = (4,)
+    adapt.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
 def test_config_arguments():
   assert adapt_config.get_config("digits").target == "digits:rotated"
   assert adapt_config.get_config("").source == "mnist1d:clean"

@@ -35,11 +35,66 @@ def test_classifier_shapes_and_names(backbone, x_shape, n_layers):
 def test_build_by_name_and_auto():
   m = models.build_classifier({"name": "mlp", "features": [4, 4]}, 3)
   assert m.backbone.features == (4, 4)
-  with pytest.raises(ValueError, match="unknown backbone 'vit'"):
-    models.build_backbone("vit")
+  with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+    models.build_backbone("vgg")
   cfg = {"name": "auto"}
-  assert isinstance(models.build_classifier(cfg, 10, (8, 8, 1)).backbone,
-                    models.CNN2D)
-  assert isinstance(models.build_classifier(cfg, 10, (40,)).backbone,
-                    models.CNN1D)
-  assert isinstance(models.build_classifier(cfg, 2, (2,)).backbone, models.MLP)
+  pick = lambda *a: type(models.build_classifier(cfg, 10, *a).backbone)  # noqa: E731
+  # The data set's modality decides; without one, the shape.
+  assert pick((8, 8, 1), "image") is models.CNN2D
+  assert pick((8, 8, 1)) is models.CNN2D
+  assert pick((40,), "signal") is models.CNN1D
+  assert pick((40,)) is models.MLP          # a flat vector is not a signal
+  assert pick((256,), "vector") is models.MLP
+  assert pick((100, 3)) is models.CNN1D     # (length, channels)
+  assert pick((2,)) is models.MLP
+
+
+def test_data_sets_say_what_they_are(tmp_path):
+  from tljax import data  # pylint: disable=g-import-not-at-top
+  assert data.load("mnist1d", num_examples=4).modality == "signal"
+  assert data.load("digits", num_examples=4).modality == "image"
+  assert data.load("moons", num_examples=4).modality == "vector"
+  x = np.zeros((10, 40), np.float32)
+  np.savez(tmp_path / "v.npz", x=x)
+  np.savez(tmp_path / "s.npz", x=x, modality="signal")
+  np.savez(tmp_path / "bad.npz", x=x, modality="video")
+  assert data.load(f"npz:{tmp_path}/v.npz").modality == "vector"
+  assert data.load(f"npz:{tmp_path}/s.npz").modality == "signal"
+  with pytest.raises(ValueError, match="modality must be one string of"):
+    data.load(f"npz:{tmp_path}/bad.npz")
+
+
+def test_each_backbone_keeps_its_settings_under_its_name():
+  cfg = models.model_config("mlp", features=(8,),
+                            cnn1d=dict(channels=(4,), dense=6))
+  assert cfg["mlp"] == {"features": (8,)}
+  assert cfg["resnet"] == {"width": 64, "small_inputs": False}
+  assert models.backbone_from_config(cfg).features == (8,)
+  # Naming another backbone takes its own settings; the MLP's stay unused.
+  cnn = models.backbone_from_config({**cfg, "name": "cnn1d"})
+  assert (cnn.channels, cnn.dense, cnn.kernel_size) == ((4,), 6, 5)
+  net = models.backbone_from_config({**cfg, "name": "resnet18",
+                                     "resnet": {"width": 8,
+                                                "small_inputs": True}})
+  assert (net.width, net.small_inputs, tuple(net.stage_sizes)) == (
+      8, True, (2, 2, 2, 2))
+  # auto picks from the modality, then takes that backbone's settings.
+  auto = models.backbone_from_config({**cfg, "name": "auto"}, (40,),
+                                     "signal")
+  assert auto.channels == (4,)
+  # A field beside the name wins over the backbone's own key.
+  assert models.backbone_from_config({**cfg, "features": (3,)}).features == (
+      3,)
+
+
+def test_a_setting_the_backbone_does_not_take_is_one_clear_error():
+  with pytest.raises(ValueError, match=r"model\.channels is not a setting "
+                     r"of backbone 'mlp', which takes \['features'\]"):
+    models.backbone_from_config({"name": "mlp", "channels": (4,)})
+  with pytest.raises(ValueError, match=r"model\.mlp\.dense is not a setting"):
+    models.backbone_from_config({"name": "mlp", "mlp": {"dense": 4}})
+  with pytest.raises(ValueError, match="backbone 'cnn2d' takes no setting "
+                     "'features'"):
+    models.model_config("cnn2d", features=(4,))
+  with pytest.raises(ValueError, match="with auto, give settings per"):
+    models.model_config("auto", features=(4,))

@@ -16,6 +16,8 @@ not help here); 48 s wall with other jobs on the same cores.
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in ("", "quick"):
@@ -28,7 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.init_from = ""                 # a trained teacher (params dir/workdir)
 
   c.teacher = ml_collections.ConfigDict()
-  c.teacher.model = ml_collections.ConfigDict({"name": "cnn1d"})
+  c.teacher.model = models.model_config("cnn1d")
   c.teacher.num_steps = 2000
   c.teacher.batch_size = 128
   c.teacher.eval_every = 0
@@ -42,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.teacher.optim.grad_clip_norm = 1.0
   c.teacher.optim.lr_rules = ()
 
-  c.student = ml_collections.ConfigDict({"name": "mlp", "features": (64,)})
+  c.student = models.model_config("mlp", features=(64,))
   c.labels_per_class = 0           # student's labelled examples; 0: all
   c.temperature = 4.0
   c.alpha = 0.9                    # weight of the distillation term
@@ -58,8 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.teacher.update(num_steps=10, batch_size=16, eval_every=0, log_every=10,
                      checkpoint_every=0)
     c.teacher.optim.warmup_steps = 0
-    c.teacher.model = ml_collections.ConfigDict({"name": "mlp",
-                                                 "features": (32,)})
-    c.student = ml_collections.ConfigDict({"name": "mlp", "features": (16,)})
+    c.teacher.model = models.model_config("mlp", features=(32,))
+    c.student.mlp.features = (16,)
     c.update(num_steps=6, batch_size=16, num_seeds=2)
   return c

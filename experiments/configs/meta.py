@@ -34,6 +34,8 @@ Sinusoids, query MSE after 1 / 10 SGD steps at rate 0.01:
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   parts = [p for p in arg.split(",") if p]
@@ -59,9 +61,7 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.eval_episodes = 100    # validation during training
   config.test_episodes = 600
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "mlp"
-  config.model.features = (128, 128)
+  config.model = models.model_config("mlp", features=(128, 128))
 
   config.maml = ml_collections.ConfigDict()
   config.maml.inner_lr = 0.1
@@ -86,7 +86,7 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.parallel = "auto"
 
   if sinusoid:
-    config.model.features = (40, 40)   # the MAML paper's regressor
+    config.model.mlp.features = (40, 40)   # the MAML paper's regressor
     config.k_shot = 10
     config.n_query = 10
     config.test_n_query = 100
@@ -109,7 +109,7 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
     config.eval_episodes = 8       # = test_episodes: one compiled shape
     config.test_episodes = 8
     config.meta_batch_size = 4     # divisible by the tests' 4 CPU devices
-    config.model.features = (16,)
+    config.model.mlp.features = (16,)
     config.maml.inner_steps = 1
     config.maml.test_inner_steps = 2
     if sinusoid:

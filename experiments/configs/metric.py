@@ -24,6 +24,8 @@ retrieval, which raw inputs already do as well or better here.
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
   parts = [p for p in arg.split(",") if p]
@@ -38,9 +40,7 @@ def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
   config.train_classes = (0, 1, 2, 3, 4)
   config.test_classes = (5, 6, 7, 8, 9)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "auto"         # cnn1d for mnist1d
-  config.model.features = None       # an MLP's widths, e.g. (128, 128)
+  config.model = models.model_config("auto")  # cnn1d for mnist1d
   config.embedding_dim = 64
   config.normalize = False
   config.init_from = ""              # e.g. a classifier's workdir/params
@@ -77,7 +77,7 @@ def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
     config.eval_every = 3
     config.log_every = 3
     config.model.name = "mlp"
-    config.model.features = (16,)
+    config.model.mlp.features = (16,)
     config.embedding_dim = 8
     config.classes_per_batch = 4
     config.examples_per_class = 4

@@ -14,6 +14,8 @@ jobs on the same cores.
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if arg not in ("", "quick"):
@@ -24,7 +26,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.target = "mnist1d:noisy"
   c.data_dir = ""
   c.seed = 0
-  c.model = ml_collections.ConfigDict({"name": "auto"})
+  c.model = models.model_config("auto")
   c.labels_per_class = 5           # target labels per class; 0: all
   c.source_weight = 1.0            # weight of the source task's loss
   c.num_steps = 1000
@@ -36,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.eval_examples = 0              # test examples per task (0: all)
   c.parallel = "auto"              # auto | single | mesh | pmap
   if arg == "quick":               # seconds: a small MLP, few steps
-    c.model = ml_collections.ConfigDict({"name": "mlp", "features": (16,)})
+    c.model.name = "mlp"
+    c.model.mlp.features = (16,)
     c.update(num_steps=6, batch_size=16, num_seeds=2, eval_examples=200)
   return c

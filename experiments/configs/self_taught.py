@@ -20,6 +20,8 @@ The CNN1D encoder: ``--config=experiments/configs/self_taught.py:cnn1d``.
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   args = [a for a in arg.split(",") if a]
@@ -41,14 +43,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.seed = 0
   config.plot = True
 
-  config.model = ml_collections.ConfigDict()   # the encoder
-  if "cnn1d" not in args:
-    config.model.name = "mlp"
-    config.model.features = (256, 64)
-  else:
-    config.model.name = "cnn1d"
-    config.model.channels = (32, 32, 32)
-    config.model.dense = 32                   # the code
+  # The encoder; its last layer is the code.
+  config.model = models.model_config("cnn1d" if "cnn1d" in args else "mlp",
+                                     mlp=dict(features=(256, 64)),
+                                     cnn1d=dict(channels=(32, 32, 32),
+                                                dense=32))
   config.decoder_features = (256,)
   config.noise_std = 0.3              # denoising autoencoder input noise
   config.sparsity = 0.05              # L1 weight on the code (sparse codes)
@@ -74,8 +73,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.parallel = "auto"
 
   if "quick" in args:
-    config.model = ml_collections.ConfigDict({"name": "mlp",
-                                              "features": (32, 16)})
+    config.model.name = "mlp"
+    config.model.mlp.features = (32, 16)
     config.decoder_features = (32,)
     config.unlabelled_per_source = 100
     config.kmeans_restarts = 1

@@ -25,6 +25,8 @@ Measured on this 2-core CPU (2026-11-22, other jobs running):
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -35,8 +37,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.data_dir = ""             # TFDS data dir for tfds: specs
   config.seed = 0
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "auto"       # auto | mlp | cnn1d | cnn2d
+  # auto | mlp | cnn1d | cnn2d | resnet18..101; each backbone's settings
+  # under its own key (--config.model.mlp.features=...).
+  config.model = models.model_config("auto")
 
   config.optim = ml_collections.ConfigDict()
   config.optim.name = "adam"

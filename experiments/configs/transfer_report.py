@@ -45,6 +45,8 @@ none.
 
 import ml_collections
 
+from tljax import models
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   args = set(arg.split(",")) - {""}
@@ -57,7 +59,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.target = "mnist1d:noisy"
   c.data_dir = ""                  # TFDS data dir for tfds: specs
   c.seed = 0
-  c.model = ml_collections.ConfigDict({"name": "auto"})  # auto: cnn1d here
+  c.model = models.model_config("auto")  # auto: cnn1d here
 
   # The source run (tljax.drivers.train); skipped with init_from.
   c.init_from = ""                 # workdir/params of an earlier source run
@@ -111,8 +113,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
              num_seeds=2, num_steps=300)
 
   if "quick" in args:              # seconds: a small MLP, few steps
-    c.model = ml_collections.ConfigDict({"name": "mlp",
-                                         "features": (32, 32)})
+    c.model.name = "mlp"
+    c.model.mlp.features = (32, 32)
     c.pretrain.update(num_steps=10, batch_size=16, eval_every=0,
                       log_every=10, checkpoint_every=0)
     c.pretrain.optim.warmup_steps = 0

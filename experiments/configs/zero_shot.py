@@ -25,6 +25,8 @@ mnist1d's 1-D templates); 57 s.
 
 import ml_collections
 
+from tljax import models
+
 DATA = {"digits": ("digits:clean", "mlp"),
         "mnist1d": ("mnist1d:clean", "cnn1d")}
 
@@ -50,10 +52,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.methods = ("dap", "embedding")
   config.plot = True
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = backbone      # auto | mlp | cnn1d | cnn2d
-  if backbone == "mlp":
-    config.model.features = (32,)
+  config.model = models.model_config(backbone)  # auto | mlp | cnn1d | cnn2d
+  config.model.mlp.features = (32,)
   config.dap_prior = "seen"         # seen (Lampert et al.) | uniform
   config.embed_dim = 32             # joint space of the embedding method
   config.class_hidden = ()          # g(a): () is linear (ALE's bilinear form)
@@ -78,7 +78,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   if "quick" in args:
     config.model.name = "mlp"
-    config.model.features = (32,)
     config.num_seeds = 2
     config.num_steps = 8
     config.optim.warmup_steps = 2

@@ -122,6 +122,7 @@ class EpisodeSampler:
                        f"{len(self.classes)} classes are available "
                        f"({self.classes.tolist()}); lower n_way.")
     self.x = dataset.x
+    self.modality = dataset.modality
     self.n_way, self.k_shot, self.n_query = int(n_way), int(k_shot), int(
         n_query)
     self.seed = int(seed)

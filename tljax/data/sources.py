@@ -8,7 +8,11 @@
     load("tfds:mnist")               # a prepared TensorFlow Datasets set
 
 Every source returns a :class:`Dataset` of numpy arrays: ``x`` float32 with
-the example axis first (images NHWC), ``y`` int32 labels or ``None``.
+the example axis first (images NHWC), ``y`` int32 labels or ``None``, and
+its ``modality`` (``image``, ``signal`` or ``vector``: what the examples
+are, which picks the default backbone). An npz file may say its own with a
+``modality`` string array; otherwise it is read from the shape: (n, d)
+feature vectors, (n, length, channels) signals, (n, h, w, c) images.
 Embedded sources (mnist1d, digits, moons) need no network; they are
 generated with fixed seeds, so a spec names the same data everywhere.
 """
@@ -25,6 +29,7 @@ import zipfile
 import numpy as np
 
 SPLITS = ("train", "test")
+MODALITIES = ("image", "signal", "vector")
 
 
 @dataclasses.dataclass
@@ -34,6 +39,11 @@ class Dataset:
   y: np.ndarray | None
   num_classes: int | None
   name: str
+  modality: str | None = None  # image | signal | vector; None: unknown
+
+  def __post_init__(self):
+    if self.modality is None:
+      self.modality = modality_from_shape(self.x.shape[1:])
 
   def __len__(self):
     return len(self.x)
@@ -53,6 +63,13 @@ class Dataset:
     n = self.num_classes if num_classes is None else num_classes
     check_labels(self.y, n, self.name)
     return self
+
+
+def modality_from_shape(example_shape: Sequence[int]) -> str:
+  """What examples of this shape most likely are: ``vector`` (d,),
+  ``signal`` (length, channels), ``image`` (h, w, c)."""
+  return {1: "vector", 2: "signal", 3: "image"}.get(len(example_shape),
+                                                    "vector")
 
 
 def check_labels(y: np.ndarray, num_classes: int, name: str):
@@ -237,6 +254,14 @@ def _npz(path: str, split: str, name: str) -> tuple:
       raise ValueError(f"data set {name!r}: num_classes must be one positive "
                        f"integer; got {nc.dtype} {nc.shape} {nc.tolist()!r}.")
     num_classes = int(nc)
+  modality = None
+  if "modality" in arrays:
+    m = arrays["modality"]
+    modality = str(m) if m.ndim == 0 and m.dtype.kind == "U" else None
+    if modality not in MODALITIES:
+      raise ValueError(f"data set {name!r}: modality must be one string of "
+                       f"{list(MODALITIES)}, e.g. np.savez(path, x=x, "
+                       f"modality='signal'); got {m.dtype} {m.tolist()!r}.")
   if "x_test" not in arrays and len(arrays["x"]) < 2:
     raise ValueError(f"data set {name!r}: {path} has {len(arrays['x'])} "
                      "example, too few to hold out a test split; add "
@@ -266,7 +291,7 @@ def _npz(path: str, split: str, name: str) -> tuple:
       num_classes = max(int(a.max()) + 1 for a in all_y)
     check_labels(y, num_classes, name)
     y = y.astype(np.int32)
-  return x.astype(np.float32), y, num_classes
+  return x.astype(np.float32), y, num_classes, modality
 
 
 # -------------------------------------------------------------------- tfds
@@ -390,17 +415,18 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
     raise ValueError(f"a data spec is a non-empty string, got {spec!r}")
   kind, _, arg = spec.partition(":")
   key = "" if split == "train" else "_test"
+  modality = None  # None: from the shape
   if kind == "mnist1d":
     d = _mnist1d(arg or "clean")
-    x, y, num_classes = d["x" + key], d["y" + key], 10
+    x, y, num_classes, modality = d["x" + key], d["y" + key], 10, "signal"
   elif kind == "digits":
     d = _digits(arg or "clean")
-    x, y, num_classes = d["x" + key], d["y" + key], 10
+    x, y, num_classes, modality = d["x" + key], d["y" + key], 10, "image"
   elif kind == "moons":
     d = _moons(arg)
-    x, y, num_classes = d["x" + key], d["y" + key], 2
+    x, y, num_classes, modality = d["x" + key], d["y" + key], 2, "vector"
   elif kind == "npz":
-    x, y, num_classes = _npz(arg, split, spec)
+    x, y, num_classes, modality = _npz(arg, split, spec)
   elif kind == "tfds":
     x, y, num_classes = _tfds(arg, split, spec,
                               data_dir or os.environ.get("TFDS_DATA_DIR"))
@@ -416,7 +442,8 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
       num_examples=num_examples, seed=seed, relabel=relabel, name=spec)
   if len(x) == 0:
     raise ValueError(f"data set {spec!r} ({split}) is empty after selection")
-  return Dataset(x=x, y=y, num_classes=num_classes, name=spec)
+  return Dataset(x=x, y=y, num_classes=num_classes, name=spec,
+                 modality=modality)
 
 
 # ---------------------------------------------------- class descriptions

@@ -153,7 +153,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          common.result_line(metrics, f"results ({method})"))
 
   model = models.build_classifier(config.model, src.num_classes,
-                                  src.example_shape)
+                                  src.example_shape, src.modality)
   align = method if method in ("dann", "mmd", "coral") else "none"
   disc = da.discriminator(config.disc_features) if align == "dann" else None
   params, model_state = models.init_variables(model, src.example_shape,
@@ -199,7 +199,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                  fs, ft, seed=config.seed),
              "final_loss": last.get("loss", float("nan")),
              **extra_metrics}
-  extra = {}
+  extra = {"backbone": models.backbone_name(config.model, src.example_shape,
+                                            src.modality)}
   if align == "dann":
     metrics["domain_accuracy"] = last.get("domain_accuracy", float("nan"))
     extra["domain_accuracy_history"] = _history(workdir, "domain_accuracy")

@@ -35,8 +35,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train = common.load(c, c.data).require_labels()
   test = common.load(c, c.data, "test").require_labels(train.num_classes)
   shape = train.example_shape
-  teacher = models.build_classifier(c.teacher.model, train.num_classes, shape)
-  student = models.build_classifier(c.student, train.num_classes, shape)
+  teacher = models.build_classifier(c.teacher.model, train.num_classes, shape,
+                                    train.modality)
+  student = models.build_classifier(c.student, train.num_classes, shape,
+                                    train.modality)
   teacher_params, teacher_state, _ = common.source_params(
       c.teacher, init_from=c.init_from, source=c.data, seed=c.seed,
       data_dir=c.data_dir, model_config=c.teacher.model, model=teacher,

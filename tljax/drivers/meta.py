@@ -91,7 +91,8 @@ def _test_lr(config) -> float:
 def _classification(config, workdir):
   train_s, test_s = samplers(config)
   shape = train_s.x.shape[1:]
-  backbone = models.backbone_from_config(config.model, shape)
+  backbone = models.backbone_from_config(config.model, shape,
+                                         train_s.modality)
   method = config.method
   batches_from = lambda s: train_s.batches(  # noqa: E731
       config.meta_batch_size, start_step=s)
@@ -186,7 +187,8 @@ def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
 
 def sinusoid_model(config) -> models.Classifier:
   """The one-output regressor of the sinusoid task."""
-  return models.Classifier(models.backbone_from_config(config.model, (1,)),
+  return models.Classifier(models.backbone_from_config(config.model, (1,),
+                                                       "vector"),
                            num_classes=1)
 
 

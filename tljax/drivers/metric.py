@@ -39,7 +39,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   held_out = common.load(config, config.data, "test", classes=test_classes,
                          relabel=False)
   model = metric_learning.build_embedding_net(
-      config.model, train.example_shape, dim=config.embedding_dim,
+      config.model, train.example_shape, modality=train.modality,
+      dim=config.embedding_dim,
       normalize=config.normalize)
   params, model_state = models.init_variables(model, train.example_shape,
                                               config.seed)

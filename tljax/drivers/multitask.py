@@ -36,7 +36,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   common.check_same_shape(source, [("target", target_all)],
                           "one trunk needs one input shape.")
   model = multitask.MultiTaskModel(
-      models.backbone_from_config(c.model, source.example_shape),
+      models.backbone_from_config(c.model, source.example_shape,
+                                  source.modality),
       tasks=(("source", source.num_classes),
              ("target", target_all.num_classes)))
   modes = {"joint": (("source", c.source_weight), ("target", 1.0)),

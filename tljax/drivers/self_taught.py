@@ -91,7 +91,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                   f"({len(test)} test examples)")
 
   # 1. Unsupervised pretraining on the unlabelled data.
-  ae = st.Autoencoder(models.backbone_from_config(config.model, shape),
+  ae = st.Autoencoder(models.backbone_from_config(config.model, shape,
+                                                  test.modality),
                       output_shape=shape,
                       decoder_features=tuple(config.decoder_features))
   ae_params, random_params, last = _pretrain(config, workdir, ae, unlabelled,

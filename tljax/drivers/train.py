@@ -52,7 +52,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if ds.y is not None and ds.num_classes == train.num_classes:
       evals[domain] = ds
   model = models.build_classifier(config.model, train.num_classes,
-                                  train.example_shape)
+                                  train.example_shape, train.modality)
   params, model_state = models.init_variables(model, train.example_shape,
                                               config.seed)
   if config.init_from:
@@ -83,4 +83,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   checkpoint.save_params(os.path.join(workdir, "params"), state.params,
                          state.model_state)
   viz.training_curves(workdir)
-  return common.finish(workdir, metrics, config, t0)
+  return common.finish(workdir, metrics, config, t0,
+                       backbone=models.backbone_name(
+                           config.model, train.example_shape, train.modality))

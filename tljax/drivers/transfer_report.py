@@ -271,8 +271,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   source = common.load(c, c.source).require_labels()
   target, test = _target(c)
   shape = source.example_shape
-  model_src = models.build_classifier(c.model, source.num_classes, shape)
-  model = models.build_classifier(c.model, target.num_classes, shape)
+  model_src = models.build_classifier(c.model, source.num_classes, shape,
+                                      source.modality)
+  model = models.build_classifier(c.model, target.num_classes, shape,
+                                  target.modality)
   _check(c, source, target, model)
   strategies = list(c.strategies)
   budgets = [int(b) for b in c.budgets]
@@ -407,7 +409,8 @@ def _check_candidate_config(c, model) -> list[str]:
   return strategies
 
 
-def _checkpoint_candidate(c, spec: str, path: str, shape) -> _Candidate:
+def _checkpoint_candidate(c, spec: str, path: str, shape,
+                          modality) -> _Candidate:
   from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
   raw = checkpoint.load_params(path)  # checked here for a clearer error
   head = raw.get("head") if isinstance(raw, dict) else None
@@ -416,7 +419,8 @@ def _checkpoint_candidate(c, spec: str, path: str, shape) -> _Candidate:
     raise ValueError(f"candidate {spec!r}: {path} holds no tljax classifier "
                      "(its parameters have no head/kernel); point it at the "
                      "workdir of a source run or at its params directory.")
-  model = models.build_classifier(c.model, int(np.shape(kernel)[-1]), shape)
+  model = models.build_classifier(c.model, int(np.shape(kernel)[-1]), shape,
+                                  modality)
   init, init_state = models.init_variables(model, shape, c.seed)
   try:
     params, model_state = common.load_into(path, init,
@@ -436,7 +440,8 @@ def _parse_candidates(c, target: data_lib.Dataset) -> list[_Candidate]:
   for spec in (str(s) for s in c.candidates):
     kind, _, arg = spec.partition(":")
     if spec == "random":
-      model = models.build_classifier(c.model, target.num_classes, shape)
+      model = models.build_classifier(c.model, target.num_classes, shape,
+                                      target.modality)
       cand = _Candidate(spec, "random", "", model,
                         *models.init_variables(model, shape, c.seed))
     elif kind == "data" and arg:
@@ -446,9 +451,9 @@ def _parse_candidates(c, target: data_lib.Dataset) -> list[_Candidate]:
           "every candidate must read the target's inputs. Choose sources "
           "with the target's input shape.")
       cand = _Candidate(spec, "data", arg, models.build_classifier(
-          c.model, ds.num_classes, shape))
+          c.model, ds.num_classes, shape, target.modality))
     elif kind == "ckpt" and arg:
-      cand = _checkpoint_candidate(c, spec, arg, shape)
+      cand = _checkpoint_candidate(c, spec, arg, shape, target.modality)
     else:
       raise ValueError(f"candidate {spec!r} is none of the forms "
                        f"{CANDIDATE_FORMS}")
@@ -570,7 +575,8 @@ def _rank_candidates(c, workdir: str, t0: float) -> dict:
   """The candidates report; see the module docstring."""
   target, test = _target(c)
   shape = target.example_shape
-  model = models.build_classifier(c.model, target.num_classes, shape)
+  model = models.build_classifier(c.model, target.num_classes, shape,
+                                  target.modality)
   strategies = _check_candidate_config(c, model)
   cands = _parse_candidates(c, target)
   specs = [x.spec for x in cands]

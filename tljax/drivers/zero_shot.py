@@ -90,7 +90,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     model = zsl.build_model(method, config.model, shape,
                             num_attributes=m_attrs, dim=config.embed_dim,
                             class_hidden=config.class_hidden,
-                            normalize=config.normalize)
+                            normalize=config.normalize,
+                            modality=full_test.modality)
     more = zsl.example_inputs(model, m_attrs)
     params = models.init_params(model, shape, config.seed, *more)
     tx = optim.from_config(params, config.optim, total_steps=config.num_steps)

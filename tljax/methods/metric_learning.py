@@ -67,9 +67,12 @@ class EmbeddingNet(nn.Module):
 
 
 def build_embedding_net(model_config, example_shape, *, dim: int,
-                        normalize: bool = False) -> EmbeddingNet:
-  """An :class:`EmbeddingNet` on the backbone ``model_config`` names."""
-  return EmbeddingNet(models.backbone_from_config(model_config, example_shape),
+                        normalize: bool = False,
+                        modality: str | None = None) -> EmbeddingNet:
+  """An :class:`EmbeddingNet` on the backbone ``model_config`` names (see
+  :func:`tljax.models.backbone_from_config`)."""
+  return EmbeddingNet(models.backbone_from_config(model_config, example_shape,
+                                                  modality),
                       dim=dim, normalize=normalize)
 
 

@@ -181,12 +181,16 @@ class ZeroShotEmbedder(nn.Module):
 def build_model(method: str, model_config, example_shape, *,
                 num_attributes: int, dim: int = 32,
                 class_hidden: Sequence[int] = (),
-                normalize: bool = False) -> nn.Module:
-  """The DAP attribute classifier or the :class:`ZeroShotEmbedder`."""
+                normalize: bool = False,
+                modality: str | None = None) -> nn.Module:
+  """The DAP attribute classifier or the :class:`ZeroShotEmbedder` on the
+  backbone ``model_config`` names (:func:`tljax.models.backbone_from_config`).
+  """
   if method not in METHODS:
     raise ValueError(f"unknown zero-shot method {method!r}; choose one of "
                      f"{METHODS}")
-  backbone = models.backbone_from_config(model_config, example_shape)
+  backbone = models.backbone_from_config(model_config, example_shape,
+                                         modality)
   if method == "dap":
     return models.Classifier(backbone, num_classes=num_attributes)
   return ZeroShotEmbedder(backbone, dim=dim, class_hidden=tuple(class_hidden),

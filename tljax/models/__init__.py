@@ -10,6 +10,10 @@ from tljax.models.nets import apply_train
 from tljax.models.nets import backbone_from_config
 from tljax.models.nets import build_backbone
 from tljax.models.nets import build_classifier
+from tljax.models.nets import backbone_name
+from tljax.models.nets import backbone_settings
+from tljax.models.nets import default_backbone_for
+from tljax.models.nets import model_config
 from tljax.models.nets import dense_layers
 from tljax.models.nets import init_params
 from tljax.models.nets import init_variables
@@ -18,5 +22,6 @@ from tljax.models.resnet import resnet
 
 __all__ = ["MLP", "CNN1D", "CNN2D", "Classifier", "ResNet", "resnet",
            "build_backbone", "backbone_from_config", "build_classifier",
+           "backbone_name", "backbone_settings", "default_backbone_for", "model_config",
            "init_params", "init_variables", "apply", "apply_train",
            "dense_layers"]

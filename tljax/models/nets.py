@@ -15,6 +15,7 @@ two layers" (``backbone/layer_[01]/.*``) or "the last one" on any backbone;
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Sequence
 
 import flax.linen as nn
@@ -133,50 +134,164 @@ for _depth in resnet_lib.DEPTHS:
   BACKBONES[f"resnet{_depth}"] = functools.partial(resnet_lib.resnet, _depth)
 
 
+def _family(name: str) -> str:
+  """The key of a backbone's settings in a model config: its name, or
+  ``resnet`` for every ResNet depth."""
+  return "resnet" if name.startswith("resnet") else name
+
+
+FAMILIES = tuple(dict.fromkeys(_family(n) for n in BACKBONES))
+
+# The example ranks each family reads (``None``: any): signals are
+# (length,) or (length, channels), images (h, w) or (h, w, channels).
+_INPUT_RANKS = {"mlp": None, "cnn1d": (1, 2), "cnn2d": (2, 3),
+                "resnet": (2, 3)}
+_INPUT_KIND = {"cnn1d": "signals (length[, channels])",
+               "cnn2d": "images (height, width[, channels])",
+               "resnet": "images (height, width[, channels])"}
+
+
+def backbone_settings(name: str) -> dict:
+  """The settings backbone ``name`` takes, with their defaults.
+
+    >>> backbone_settings("mlp")
+    {'features': (128, 128)}
+  """
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; choose one of "
+                     f"{sorted(BACKBONES)} (or auto)")
+  params = inspect.signature(BACKBONES[name]).parameters
+  return {k: p.default for k, p in params.items()
+          if k not in ("parent", "name") and not k.startswith("_")
+          and p.default is not inspect.Parameter.empty}
+
+
 def build_backbone(name: str, **kwargs) -> nn.Module:
   """A backbone by name (``mlp``, ``cnn1d``, ``cnn2d``, ``resnet18`` ...
   ``resnet101``) and its settings."""
-  if name not in BACKBONES:
-    raise ValueError(f"unknown backbone {name!r}; choose one of "
-                     f"{sorted(BACKBONES)}")
+  allowed = backbone_settings(name)
+  bad = sorted(set(kwargs) - set(allowed))
+  if bad:
+    raise ValueError(f"backbone {name!r} takes no setting {bad[0]!r}; its "
+                     f"settings are {sorted(allowed)}")
   kwargs = {k: (tuple(v) if isinstance(v, list) else v)
             for k, v in kwargs.items()}
   return BACKBONES[name](**kwargs)
 
 
-def backbone_from_config(model_config, example_shape=None) -> nn.Module:
-  """The backbone a model config names, its other fields as settings.
+def model_config(name: str = "auto", **settings) -> dict:
+  """A model config: the backbone's ``name`` (or ``auto``) and every
+  backbone's settings under its own key, so another backbone can be named
+  on the command line without touching the fields of the first.
 
-  ``name: auto`` picks by ``example_shape`` (:func:`default_backbone_for`).
-  ``None`` fields mean "the backbone's default" (the flag parser turns
+    >>> c = model_config("mlp", features=(32, 32))
+    >>> c["name"], c["mlp"], c["cnn1d"]["channels"]
+    ('mlp', {'features': (32, 32)}, (32, 32, 32))
+
+  ``settings`` are the named backbone's; a backbone's key (``mlp=dict(...)``,
+  ``resnet=dict(width=32)``) sets that backbone's. Unknown fields are one
+  clear error.
+  """
+  config = {"name": name}
+  for fam in FAMILIES:
+    example = next(n for n in BACKBONES if _family(n) == fam)
+    config[fam] = dict(backbone_settings(example))
+  for key, value in settings.items():
+    if key in FAMILIES:
+      fam, values = key, dict(value)
+    elif name == "auto":
+      raise ValueError(f"model_config('auto', {key}=...): with auto, give "
+                       "settings per backbone, e.g. mlp=dict(features=(64,))")
+    else:
+      fam, values = _family(name), {key: value}
+    for k, v in values.items():
+      if k not in config[fam]:
+        raise ValueError(f"backbone {fam!r} takes no setting {k!r}; its "
+                         f"settings are {sorted(config[fam])}")
+      config[fam][k] = tuple(v) if isinstance(v, list) else v
+  return config
+
+
+def backbone_from_config(model_config, example_shape=None,
+                         modality: str | None = None) -> nn.Module:
+  """The backbone a model config names, with that backbone's settings.
+
+  ``name: auto`` picks by what the data is (:func:`default_backbone_for`).
+  Settings come from the backbone's own key (``model.mlp.features``, made by
+  :func:`model_config`; ``model.resnet.width`` for every ResNet depth), or
+  from fields beside ``name`` (``model.features``), which win. A field the
+  named backbone does not take is one error naming both. ``None`` fields
+  mean "the backbone's default" (the flag parser turns
   ``--config.model.features=None`` on a tuple field into ``(None,)``, so
   that counts as ``None`` too).
   """
-  cfg = {k: v for k, v in dict(model_config).items()
-         if v is not None and v != (None,)}
-  name = cfg.pop("name", "auto")
+  cfg = dict(model_config)
+  cfg.pop("name", None)
+  name = backbone_name(model_config, example_shape, modality)
+  allowed = backbone_settings(name)
+  fam = _family(name)
+  ranks = _INPUT_RANKS[fam]
+  if (example_shape is not None and ranks is not None
+      and len(tuple(example_shape)) not in ranks):
+    raise ValueError(
+        f"backbone {name!r} reads {_INPUT_KIND[fam]}, but the examples have "
+        f"shape {tuple(example_shape)}; name a backbone that fits "
+        f"(model.name=auto picks {default_backbone_for(example_shape, modality)!r})")
+  subs = {k: cfg.pop(k) for k in list(cfg) if k in FAMILIES}
+  settings = {}
+  for where, fields in ((f"model.{fam}", dict(subs.get(fam) or {})),
+                        ("model", cfg)):
+    for k, v in fields.items():
+      if v is None or v == (None,):
+        continue
+      if k not in allowed:
+        raise ValueError(
+            f"config field {where}.{k} is not a setting of backbone "
+            f"{name!r}, which takes {sorted(allowed)}; set them as "
+            f"--config.model.{fam}.<field>, or name a backbone that takes "
+            f"{k!r}")
+      settings[k] = v
+  return build_backbone(name, **settings)
+
+
+def backbone_name(model_config, example_shape=None,
+                  modality: str | None = None) -> str:
+  """The backbone a model config names; ``auto`` resolved as
+  :func:`backbone_from_config` does."""
+  name = dict(model_config).get("name", "auto")
   if name == "auto":
     if example_shape is None:
       raise ValueError("model name 'auto' needs the example shape")
-    name = default_backbone_for(example_shape)
-  return build_backbone(name, **cfg)
+    name = default_backbone_for(example_shape, modality)
+  return name
 
 
-def build_classifier(model_config, num_classes: int,
-                     example_shape=None) -> Classifier:
+def build_classifier(model_config, num_classes: int, example_shape=None,
+                     modality: str | None = None) -> Classifier:
   """A :class:`Classifier` on :func:`backbone_from_config`'s backbone."""
-  return Classifier(backbone=backbone_from_config(model_config, example_shape),
+  return Classifier(backbone=backbone_from_config(model_config, example_shape,
+                                                  modality),
                     num_classes=num_classes)
 
 
-def default_backbone_for(example_shape: Sequence[int]) -> str:
-  """``cnn2d`` for HWC images, ``cnn1d`` for long 1-D signals, else ``mlp``."""
-  if len(example_shape) == 3:
+def default_backbone_for(example_shape: Sequence[int],
+                         modality: str | None = None) -> str:
+  """The backbone for data of this shape and modality: ``cnn2d`` for
+  images, ``cnn1d`` for signals (mnist1d), ``mlp`` for feature vectors.
+  Without a modality the shape decides: (h, w, c) images, (length,
+  channels) signals, anything else vectors; a flat vector is never taken
+  for a signal unless its data set says so.
+
+    >>> default_backbone_for((40,), "signal"), default_backbone_for((40,))
+    ('cnn1d', 'mlp')
+  """
+  if modality is None:
+    modality = {3: "image", 2: "signal"}.get(len(example_shape), "vector")
+  if modality == "image" and len(example_shape) in (2, 3):
     return "cnn2d"
-  if len(example_shape) == 1 and example_shape[0] >= 32:
+  if modality == "signal" and len(example_shape) in (1, 2):
     return "cnn1d"
   return "mlp"
-
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
