@@ -586,7 +586,13 @@ def main():
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
                                                "results", "speed.json"))
   p.add_argument("--repeats", type=int, default=0)
+  p.add_argument("--only", default="triplet,maml,dann",
+                 help="comma-separated workloads to run")
   args = p.parse_args()
+  only = set(args.only.split(","))
+  if only - {"triplet", "maml", "dann"}:
+    p.error(f"--only: unknown workloads {sorted(only - {'triplet', 'maml', 'dann'})}; "
+            "choose from triplet, maml, dann")
   import pytorch_metric_learning  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   repeats = args.repeats or (3 if args.quick else 5)
@@ -601,14 +607,16 @@ def main():
   print(f"load average at start: {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}")
   print(HEADER, flush=True)
   peak = rates["jnp"]
-  if args.quick:
-    rows = triplet_rows((256,), (256,), repeats, torch, peak)
-    rows += maml_rows((1,), repeats, torch, peak)
-    rows += dann_rows((("cnn2d", 64),), repeats, torch, peak)
-  else:
-    rows = triplet_rows((256, 1024, 4096), (256, 1024), repeats, torch, peak)
-    rows += maml_rows((1, 5), repeats, torch, peak)
-    rows += dann_rows((("cnn2d", 64), ("cnn2d", 128), ("mlp", 128)), repeats,
+  rows = []
+  if "triplet" in only:
+    rows += (triplet_rows((256,), (256,), repeats, torch, peak) if args.quick
+             else triplet_rows((256, 1024, 4096), (256, 1024), repeats, torch,
+                               peak))
+  if "maml" in only:
+    rows += maml_rows((1,) if args.quick else (1, 5), repeats, torch, peak)
+  if "dann" in only:
+    rows += dann_rows((("cnn2d", 64),) if args.quick else
+                      (("cnn2d", 64), ("cnn2d", 128), ("mlp", 128)), repeats,
                       torch, peak)
   load1 = os.getloadavg()
   print(f"load average at end: {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")

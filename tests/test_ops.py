@@ -86,3 +86,76 @@ def test_gaussian_kernel_matches_numpy():
 def test_unknown_distance_kind_raises():
   with pytest.raises(ValueError, match="unknown distance"):
     ops.pairwise_distances(jnp.ones((2, 2)), kind="manhattan")
+
+
+def _numpy_conv(x, k, strides, pads):
+  """Direct loops: out[b, o..., f] = sum over window and channels."""
+  x = np.pad(x, [(0, 0), *pads, (0, 0)])
+  kernel, nd = k.shape[:-2], k.ndim - 2
+  out_shape = [(x.shape[1 + i] - kernel[i]) // strides[i] + 1
+               for i in range(nd)]
+  out = np.zeros((x.shape[0], *out_shape, k.shape[-1]))
+  for o in np.ndindex(*out_shape):
+    window = tuple(slice(o[i] * strides[i], o[i] * strides[i] + kernel[i])
+                   for i in range(nd))
+    patch = x[(slice(None), *window)]                       # (b, *k, c)
+    out[(slice(None), *o)] = np.tensordot(
+        patch, k, axes=(list(range(1, nd + 2)), list(range(nd + 1))))
+  return out
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((2, 7, 3), (5,), (2,), "SAME"),
+    ((2, 9, 2), (3,), (1,), "VALID"),
+    ((2, 6, 5, 1), (3, 3), (1, 1), "SAME"),
+    ((1, 9, 8, 3), (5, 5), (2, 2), ((2, 1), (2, 2))),
+    ((2, 5, 5, 4), (1, 1), (2, 2), "VALID"),
+    ((2, 6, 7, 2), (3, 3), (2, 2), "SAME"),
+])
+def test_conv_is_the_convolution_and_its_gradient(shape, kernel, strides,
+                                                  padding):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  k = rng.normal(size=(*kernel, shape[-1], 3)).astype(np.float32)
+  nd = len(kernel)
+  dims = ("N" + "HW"[:nd] + "C", "HW"[:nd] + "IO", "N" + "HW"[:nd] + "C")
+  pads = (jax.lax.padtype_to_pads(shape[1:-1], kernel, strides, padding)
+          if isinstance(padding, str) else padding)
+  conv = lambda x, k: ops.conv(x, k, strides, padding,  # noqa: E731
+                               dimension_numbers=dims)
+  out = jax.jit(conv)(x, k)
+  np.testing.assert_allclose(out, _numpy_conv(x, k, strides, pads),
+                             rtol=1e-4, atol=1e-4)
+  # gradients against XLA's own convolution (a different algorithm)
+  w = rng.normal(size=out.shape).astype(np.float32)
+  f = lambda conv: lambda x, k: jnp.sum(w * conv(  # noqa: E731
+      x, k, strides, padding, dimension_numbers=dims))
+  g_ours = jax.jit(jax.grad(f(ops.conv), argnums=(0, 1)))(x, k)
+  g_xla = jax.jit(jax.grad(f(jax.lax.conv_general_dilated),
+                           argnums=(0, 1)))(x, k)
+  for a, b in zip(g_ours, g_xla):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_leaves_what_it_does_not_cover_to_xla():
+  x = np.ones((1, 6, 6, 4), np.float32)
+  k = np.ones((3, 3, 2, 4), np.float32)     # two feature groups
+  args = ((1, 1), "SAME")
+  kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+  np.testing.assert_allclose(ops.conv(x, k, *args, **kw),
+                             jax.lax.conv_general_dilated(x, k, *args, **kw))
+  kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), rhs_dilation=(2, 2))
+  k = np.ones((3, 3, 4, 2), np.float32)
+  np.testing.assert_allclose(ops.conv(x, k, *args, **kw),
+                             jax.lax.conv_general_dilated(x, k, *args, **kw))
+
+
+@pytest.mark.parametrize("hw", [(4, 6), (7, 5), (2, 2)])
+def test_max_pool_2x2_matches_numpy(hw):
+  x = np.random.default_rng(1).normal(size=(2, *hw, 3)).astype(np.float32)
+  h, w = hw[0] // 2, hw[1] // 2
+  expected = np.empty((2, h, w, 3), np.float32)
+  for i in range(h):
+    for j in range(w):
+      expected[:, i, j] = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].max(axis=(1, 2))
+  np.testing.assert_array_equal(ops.max_pool_2x2(x), expected)

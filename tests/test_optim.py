@@ -100,3 +100,25 @@ def test_frozen_layers_bit_identical_after_training():
                               params["backbone"]["layer_0"])
   assert not np.allclose(state.params["backbone"]["layer_1"]["kernel"],
                          params["backbone"]["layer_1"]["kernel"])
+
+
+def test_weight_decay_of_momentum_sgd_is_torchs_coupled_l2():
+  # torch.optim.SGD(lr, momentum=m, weight_decay=wd) by hand:
+  # g' = g + wd p;  buf = m buf + g';  p -= lr buf
+  p0 = {"w": jnp.array([1.0, -2.0])}
+  g = {"w": jnp.array([0.5, 0.25])}
+  lr, m, wd = 0.1, 0.9, 0.01
+  tx = optim.make_optimizer(p0, name="momentum", learning_rate=lr,
+                            momentum=m, weight_decay=wd)
+  state, p, buf = tx.init(p0), np.array([1.0, -2.0]), np.zeros(2)
+  params = p0
+  for _ in range(3):
+    updates, state = tx.update(g, state, params)
+    params = optax.apply_updates(params, updates)
+    buf = m * buf + (np.array([0.5, 0.25]) + wd * p)
+    p = p - lr * buf
+  np.testing.assert_allclose(params["w"], p, rtol=1e-6)
+  # no decay unless asked for (the default)
+  tx = optim.make_optimizer(p0, name="sgd", learning_rate=lr)
+  updates, _ = tx.update(g, tx.init(p0), p0)
+  np.testing.assert_allclose(updates["w"], -lr * np.array([0.5, 0.25]))

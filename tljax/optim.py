@@ -32,18 +32,24 @@ PyTree = Any
 def make_schedule(learning_rate: float, schedule: str = "constant", *,
                   total_steps: int = 0, warmup_steps: int = 0,
                   end_factor: float = 0.0) -> optax.Schedule:
-  """``constant``, ``cosine`` or ``linear`` decay, after a linear warmup."""
+  """``constant``, ``cosine`` or ``linear`` decay, after a linear warmup;
+  or ``annealed``, DANN's ``lr / (1 + 10 p)^0.75`` with ``p`` the fraction
+  of the steps done (Ganin et al., 2016, sec. 5.2.2)."""
   if not learning_rate > 0:
     raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
-  if schedule not in ("constant", "cosine", "linear"):
+  if schedule not in ("constant", "cosine", "linear", "annealed"):
     raise ValueError(f"unknown schedule {schedule!r}; choose constant, "
-                     "cosine or linear")
-  if schedule in ("cosine", "linear") and total_steps <= warmup_steps:
+                     "cosine, linear or annealed")
+  if schedule in ("cosine", "linear", "annealed") and \
+      total_steps <= warmup_steps:
     raise ValueError(f"schedule {schedule!r} needs total_steps "
                      f"({total_steps}) > warmup_steps ({warmup_steps})")
   decay_steps = max(total_steps - warmup_steps, 1)
   if schedule == "constant":
     main = optax.constant_schedule(learning_rate)
+  elif schedule == "annealed":
+    main = lambda step: learning_rate / (  # noqa: E731
+        1.0 + 10.0 * jnp.minimum(step / decay_steps, 1.0)) ** 0.75
   elif schedule == "cosine":
     main = optax.cosine_decay_schedule(learning_rate, decay_steps,
                                        alpha=end_factor)
@@ -72,17 +78,25 @@ def scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
 
 
 def _base(name: str, lr, *, momentum: float, b1: float, b2: float,
-          weight_decay: float, nesterov: bool):
-  if name == "sgd":
-    return optax.sgd(lr)
-  if name == "momentum":
-    return optax.sgd(lr, momentum=momentum or 0.9, nesterov=nesterov)
-  if name == "adam":
-    return optax.adam(lr, b1=b1, b2=b2)
+          weight_decay: float | None, nesterov: bool):
   if name == "adamw":
-    return optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
-  raise ValueError(f"unknown optimizer {name!r}; choose sgd, momentum, adam "
-                   "or adamw")
+    return optax.adamw(lr, b1=b1, b2=b2,
+                       weight_decay=1e-4 if weight_decay is None
+                       else weight_decay)
+  if name == "sgd":
+    base = optax.sgd(lr)
+  elif name == "momentum":
+    base = optax.sgd(lr, momentum=momentum or 0.9, nesterov=nesterov)
+  elif name == "adam":
+    base = optax.adam(lr, b1=b1, b2=b2)
+  else:
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd, momentum, "
+                     "adam or adamw")
+  if weight_decay:
+    # L2 added to the gradient before the update, as torch.optim.SGD's and
+    # Adam's weight_decay (and TLlib's protocols) do.
+    return optax.chain(optax.add_decayed_weights(weight_decay), base)
+  return base
 
 
 def make_optimizer(params: PyTree, *, name: str = "adam",
@@ -90,7 +104,7 @@ def make_optimizer(params: PyTree, *, name: str = "adam",
                    total_steps: int = 0, warmup_steps: int = 0,
                    end_factor: float = 0.0, momentum: float = 0.9,
                    b1: float = 0.9, b2: float = 0.999,
-                   weight_decay: float = 1e-4, nesterov: bool = False,
+                   weight_decay: float | None = None, nesterov: bool = False,
                    grad_clip_norm: float | None = None,
                    lr_rules: Sequence[tuple[str, Any]] | None = None
                    ) -> optax.GradientTransformation:
@@ -101,7 +115,10 @@ def make_optimizer(params: PyTree, *, name: str = "adam",
     name: ``sgd``, ``momentum``, ``adam`` or ``adamw``.
     learning_rate, schedule, total_steps, warmup_steps, end_factor: the
       learning-rate schedule (:func:`make_schedule`).
-    momentum, b1, b2, weight_decay, nesterov: base optimizer settings.
+    momentum, b1, b2, nesterov: base optimizer settings.
+    weight_decay: ``adamw``'s decoupled decay (default 1e-4); for ``sgd``,
+      ``momentum`` and ``adam``, an L2 term ``weight_decay * param`` added
+      to the gradient, as PyTorch's optimizers do (default none).
     grad_clip_norm: clip the global norm of the trainable gradients.
     lr_rules: ordered ``(regex, multiplier)`` rules; ``None`` or ``0`` means
       frozen. Every leaf must be covered and every rule must match
