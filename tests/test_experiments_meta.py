@@ -26,10 +26,11 @@ def _results(workdir):
     return json.load(f)
 
 
-@pytest.mark.parametrize("name", ["protonet", "maml", "hypernet", "baseline"])
+@pytest.mark.parametrize("name", ["protonet", "maml", "anil", "metasgd",
+                                  "reptile", "hypernet", "baseline"])
 def test_meta_classification_quick(tmp_path, name):
   config = meta_config.get_config(f"{name},quick")
-  if name == "protonet":
+  if name in ("protonet", "reptile"):
     config.parallel = "mesh"  # tasks of a meta-batch sharded over 4 devices
   m = meta.train_and_evaluate(config, str(tmp_path))
   r = _results(str(tmp_path))
@@ -39,7 +40,8 @@ def test_meta_classification_quick(tmp_path, name):
   assert os.path.isdir(os.path.join(str(tmp_path), "params"))
 
 
-@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_pretrained"])
+@pytest.mark.parametrize("name", ["sinusoid_maml", "sinusoid_reptile",
+                                  "sinusoid_pretrained"])
 def test_meta_sinusoid_quick(tmp_path, name):
   config = meta_config.get_config(f"{name},quick")
   m = meta.train_and_evaluate(config, str(tmp_path))
@@ -56,12 +58,16 @@ def test_meta_sinusoid_quick(tmp_path, name):
     assert bad["diverged_after_2"] == config.test_episodes
 
 
-@pytest.mark.parametrize("loss", ["triplet", "contrastive"])
+@pytest.mark.parametrize("loss", ["triplet", "contrastive", "supcon",
+                                  "proxy_anchor"])
 def test_metric_quick(tmp_path, loss):
   config = metric_config.get_config(f"{loss},quick")
+  if loss == "proxy_anchor":
+    config.proxy_lr_multiplier = 100.0   # an lr rule on params['proxies']
   m = metric.train_and_evaluate(config, str(tmp_path))
   r = _results(str(tmp_path))["metrics"]
-  for k in ("recall@1", "recall@5", "auc", "raw_recall@1", "raw_auc"):
+  for k in ("recall@1", "recall@5", "map@r", "r_precision", "auc",
+            "raw_recall@1", "raw_map@r", "raw_auc"):
     assert 0.0 <= r[k] <= 1.0 and r[k] == m[k]
 
 
@@ -74,3 +80,11 @@ def test_bad_configs_raise_clear_errors(tmp_path):
   config.test_classes = (4, 5, 6)
   with pytest.raises(ValueError, match="overlap"):
     metric.train_and_evaluate(config, str(tmp_path))
+  config = metric_config.get_config("quick")
+  config.loss = "circle"
+  with pytest.raises(ValueError, match="loss must be one of"):
+    metric.train_and_evaluate(config, str(tmp_path))
+  config = meta_config.get_config("anil,quick")
+  config.maml.inner_rules = ()
+  with pytest.raises(ValueError, match="anil adapts only the head"):
+    meta.train_and_evaluate(config, str(tmp_path))

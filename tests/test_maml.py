@@ -13,6 +13,7 @@ import pytest
 from tljax import models
 from tljax.data import episodes
 from tljax.methods import maml
+from tljax.methods import reptile
 from tljax.train import state as state_lib
 
 
@@ -219,3 +220,91 @@ def test_joint_regression_loss_is_the_mse_over_every_point():
   with pytest.raises(ValueError, match="joint baseline"):
     maml.make_step(model, optax.sgd(0.1), kind="regression", joint=True,
                    inner_steps=2)
+
+
+def test_reptile_update_equals_hand_unrolled_sgd():
+  """One Reptile step (outer SGD at epsilon) on a linear regressor equals
+  theta + epsilon (mean_i phi_i - theta), phi_i from plain numpy SGD."""
+  model = nn.Dense(1)
+  rng = np.random.default_rng(3)
+  w = rng.normal(size=(2, 1))
+  b = rng.normal(size=(1,))
+  batch = {"support_x": rng.normal(size=(3, 4, 2)),
+           "support_y": rng.normal(size=(3, 4, 1)),
+           "query_x": rng.normal(size=(3, 2, 2)),
+           "query_y": rng.normal(size=(3, 2, 1))}
+  batch = {k: v.astype(np.float32) for k, v in batch.items()}
+  inner_lr, steps, eps = 0.1, 3, 0.5
+  phis = []
+  for t in range(3):
+    wt, bt = w.copy(), b.copy()
+    for _ in range(steps):
+      gw, gb = _np_mse_grads(wt, bt, batch["support_x"][t],
+                             batch["support_y"][t])
+      wt, bt = wt - inner_lr * gw, bt - inner_lr * gb
+    phis.append((wt, bt))
+  want_w = w + eps * (np.mean([p[0] for p in phis], 0) - w)
+  want_b = b + eps * (np.mean([p[1] for p in phis], 0) - b)
+
+  params = {"kernel": jnp.asarray(w, jnp.float32),
+            "bias": jnp.asarray(b, jnp.float32)}
+  tx = optax.sgd(eps)
+  step = jax.jit(reptile.make_step(model, tx, kind="regression",
+                                   inner_lr=inner_lr, inner_steps=steps))
+  state, m = step(state_lib.create_train_state(params, tx), batch,
+                  jax.random.key(0))
+  np.testing.assert_allclose(state.params["kernel"], want_w, rtol=1e-5)
+  np.testing.assert_allclose(state.params["bias"], want_b, rtol=1e-5)
+  # The reported loss is the surrogate 1/2 ||theta - mean phi||^2.
+  sq = (np.sum((w - np.mean([p[0] for p in phis], 0)) ** 2)
+        + np.sum((b - np.mean([p[1] for p in phis], 0)) ** 2))
+  np.testing.assert_allclose(m["loss"], 0.5 * sq, rtol=1e-4)
+  assert np.isfinite(float(m["query_loss"]))
+
+
+def test_metasgd_with_constant_rates_equals_maml():
+  model = nn.Dense(3)
+  params = model.init(jax.random.key(1), jnp.zeros((1, 4)))["params"]
+  rng = np.random.default_rng(4)
+  batch = {"support_x": rng.normal(size=(2, 6, 4)).astype(np.float32),
+           "support_y": rng.integers(0, 3, (2, 6)).astype(np.int32),
+           "query_x": rng.normal(size=(2, 5, 4)).astype(np.float32),
+           "query_y": rng.integers(0, 3, (2, 5)).astype(np.int32)}
+  kw = dict(model=model, kind="classification", inner_steps=2)
+  (want, _), g_want = jax.jit(jax.value_and_grad(lambda p: maml.maml_loss(
+      p, None, batch, None, inner_lr=0.3, **kw), has_aux=True))(params)
+  meta_params = maml.init_metasgd(params, 0.3)
+  (got, _), g_got = jax.jit(jax.value_and_grad(lambda p: maml.metasgd_loss(
+      p, None, batch, None, **kw), has_aux=True))(meta_params)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  for k in ("kernel", "bias"):
+    np.testing.assert_allclose(g_got[k], g_want[k], rtol=1e-5, atol=1e-7)
+  # The rates get their own (non-zero) meta-gradient.
+  assert float(jnp.abs(g_got["inner_lr"]["kernel"]).max()) > 1e-4
+  with pytest.raises(ValueError, match="init_metasgd"):
+    maml.split_metasgd(params)
+
+
+def test_metasgd_meta_gradients_by_hand():
+  """f(x) = w x, one inner step w' = w - a Ls'(w): the meta-gradient in w
+  is Lq'(w') (1 - a Ls''), in the rate a it is -Lq'(w') Ls'(w)."""
+  model = _Scalar()
+  xs, ys = np.array([[1.0], [2.0]]), np.array([[0.5], [3.0]])
+  xq, yq = np.array([[1.5], [-1.0]]), np.array([[1.0], [0.0]])
+  a, w = 0.1, 0.7
+  ls1 = 2 * np.mean(xs * (w * xs - ys))
+  ls2 = 2 * np.mean(xs ** 2)
+  lq1 = 2 * np.mean(xq * ((w - a * ls1) * xq - yq))
+  batch = {"support_x": xs[None], "support_y": ys[None],
+           "query_x": xq[None], "query_y": yq[None]}
+  params = maml.init_metasgd({"w": jnp.asarray(w)}, a)
+  g = jax.grad(lambda p: maml.metasgd_loss(
+      p, None, batch, None, model=model, kind="regression")[0])(params)
+  np.testing.assert_allclose(g["w"], lq1 * (1 - a * ls2), rtol=1e-5)
+  np.testing.assert_allclose(g["inner_lr"]["w"], -lq1 * ls1, rtol=1e-5)
+  # First order drops the curvature term only; the rate's gradient stays.
+  g = jax.grad(lambda p: maml.metasgd_loss(
+      p, None, batch, None, model=model, kind="regression",
+      first_order=True)[0])(params)
+  np.testing.assert_allclose(g["w"], lq1, rtol=1e-5)
+  np.testing.assert_allclose(g["inner_lr"]["w"], -lq1 * ls1, rtol=1e-5)

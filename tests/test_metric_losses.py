@@ -68,8 +68,9 @@ class TripletLossTest(parameterized.TestCase):
       [(f"{m}_{k}", m, k) for m, k in CASES])
   def test_matches_brute_force(self, mining, kind):
     rng = np.random.default_rng(0)
+    # The margin is traced: one compilation per shape, not per margin.
     fn = jax.jit(lambda e, y, m: losses.triplet_loss(
-        e, y, margin=m, mining=mining, distance=kind), static_argnums=2)
+        e, y, margin=m, mining=mining, distance=kind))
     for trial in range(6):
       n = (5, 9)[trial % 2]  # two shapes: two compilations per case
       emb = rng.normal(size=(n, 3)).astype(np.float32)
@@ -92,8 +93,8 @@ class TripletLossTest(parameterized.TestCase):
   def test_hand_computed_hard(self):
     # 1-D: anchors 0 (pos 1 at d=1, neg at d=1.5) and 1 (pos d=1, neg 0.5).
     emb = jnp.array([[0.0], [1.0], [1.5]])
-    got = losses.triplet_loss(emb, jnp.array([0, 0, 1]), margin=1.0,
-                              mining="hard")
+    got = jax.jit(lambda e: losses.triplet_loss(
+        e, jnp.array([0, 0, 1]), margin=1.0, mining="hard"))(emb)
     np.testing.assert_allclose(got, ((1 - 1.5 + 1) + (1 - 0.5 + 1)) / 2)
 
   def test_gradient_finite_at_coincident_points(self):
@@ -174,16 +175,19 @@ class TripletPlainFormulationTest(parameterized.TestCase):
   @parameterized.named_parameters(
       [(f"{m}_{k}", m, k) for m, k in CASES])
   def test_loss_and_gradient_equal_the_plain_formulation(self, mining, kind):
+    # The margin is traced: each formulation compiles once per case.
+    new, plain = (jax.jit(jax.value_and_grad(
+        lambda e, y, m, f=f: f(e, y, margin=m, mining=mining,
+                               distance=kind))) for f in (
+                                   losses.triplet_loss,
+                                   metric._plain_triplet_loss))
     for margin in (0.0, 1.0, 0.3):
-      new, plain = (jax.jit(jax.value_and_grad(
-          lambda e, y, f=f: f(e, y, margin=margin, mining=mining,  # noqa: B023
-                              distance=kind))) for f in (
-                                  losses.triplet_loss,
-                                  metric._plain_triplet_loss))
+      margin = np.float32(margin)
       for seed in range(3):
         for name, emb, labels in _plain_cases(seed):
           labels = labels.astype(np.int32)
-          (got, g_got), (want, g_want) = new(emb, labels), plain(emb, labels)
+          (got, g_got), (want, g_want) = (new(emb, labels, margin),
+                                          plain(emb, labels, margin))
           msg = f"{name}, margin {margin}, seed {seed}"
           np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6,
                                      err_msg=msg)
@@ -191,14 +195,18 @@ class TripletPlainFormulationTest(parameterized.TestCase):
                                      err_msg=msg)
 
   def test_tiny_batches(self):
+    # Labels are arguments: the two 2-example batches share compilations.
+    fns = {(m, f): jax.jit(jax.value_and_grad(
+        lambda e, y, m=m, f=f: f(e, y, margin=0.5, mining=m)))
+           for m in ("all", "hard", "semi_hard")
+           for f in (losses.triplet_loss, metric._plain_triplet_loss)}
     for emb, labels in ((np.ones((1, 2)), [0]), (np.eye(2), [3, 3]),
                         (np.eye(2), [0, 1]), (np.eye(3), [0, 0, 1])):
       emb = np.asarray(emb, np.float32)
       labels = np.asarray(labels, np.int32)
       for mining in ("all", "hard", "semi_hard"):
-        got, want = (jax.jit(jax.value_and_grad(lambda e, f=f: f(  # noqa: B023
-            e, labels, margin=0.5, mining=mining)))(emb) for f in (
-                losses.triplet_loss, metric._plain_triplet_loss))
+        got, want = (fns[mining, f](emb, labels) for f in (
+            losses.triplet_loss, metric._plain_triplet_loss))
         chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
 
   @parameterized.named_parameters([(m, m) for m in ("all", "hard",
@@ -299,3 +307,240 @@ class ContrastiveLossTest(parameterized.TestCase):
   def test_bad_input_raises(self, a, b, same, kwargs, msg):
     with pytest.raises(ValueError, match=msg):
       losses.contrastive_loss(a, b, same, **kwargs)
+
+
+# ------------------------------------------------- similarity-based losses
+def _np_cos(u, v):
+  u = np.asarray(u, np.float64)
+  v = np.asarray(v, np.float64)
+  return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def _np_supcon(e, y, t):
+  n, per_anchor = len(y), []
+  for i in range(n):
+    ps = [j for j in range(n) if j != i and y[j] == y[i]]
+    if not ps:
+      continue
+    denom = sum(np.exp(_np_cos(e[i], e[a]) / t) for a in range(n) if a != i)
+    per_anchor.append(-np.mean([np.log(np.exp(_np_cos(e[i], e[p]) / t)
+                                       / denom) for p in ps]))
+  return np.mean(per_anchor) if per_anchor else 0.0
+
+
+def _np_ntxent(e, y, t):
+  n, terms = len(y), []
+  for i, p in itertools.permutations(range(n), 2):
+    if y[i] != y[p]:
+      continue
+    num = np.exp(_np_cos(e[i], e[p]) / t)
+    neg = sum(np.exp(_np_cos(e[i], e[k]) / t) for k in range(n)
+              if y[k] != y[i])
+    terms.append(-np.log(num / (num + neg)))
+  return np.mean(terms) if terms else 0.0
+
+
+def _np_multi_similarity(e, y, alpha, beta, base, eps):
+  n, out = len(y), []
+  for i in range(n):
+    s = {j: _np_cos(e[i], e[j]) for j in range(n)}
+    ps = [j for j in range(n) if j != i and y[j] == y[i]]
+    ns = [k for k in range(n) if y[k] != y[i]]
+    if eps is not None:  # Wang et al. 2019, eq. 7 and 8
+      ps, ns = ([j for j in ps if ns and s[j] - eps < max(s[k] for k in ns)],
+                [k for k in ns if ps and s[k] + eps > min(s[j] for j in ps)])
+    out.append(np.log(1 + sum(np.exp(-alpha * (s[j] - base)) for j in ps))
+               / alpha
+               + np.log(1 + sum(np.exp(beta * (s[k] - base)) for k in ns))
+               / beta)
+  return np.mean(out)
+
+
+def _np_margin_softmax(e, y, w, target, scale):
+  ce = []
+  for i in range(len(y)):
+    logits = [scale * (target(_np_cos(e[i], w[c])) if c == y[i]
+                       else _np_cos(e[i], w[c])) for c in range(len(w))]
+    ce.append(np.log(np.sum(np.exp(logits))) - logits[y[i]])
+  return np.mean(ce)
+
+
+def _np_arcface(e, y, w, m, s):
+  def target(c):
+    theta = np.arccos(c)
+    return np.cos(theta + m) if theta <= np.pi - m else c - m * np.sin(m)
+  return _np_margin_softmax(e, y, w, target, s)
+
+
+def _np_cosface(e, y, w, m, s):
+  return _np_margin_softmax(e, y, w, lambda c: c - m, s)
+
+
+def _np_proxy_anchor(e, y, proxies, margin, alpha):
+  classes = range(len(proxies))
+  with_pos = [c for c in classes if np.any(y == c)]
+  s = lambda i, c: _np_cos(e[i], proxies[c])  # noqa: E731
+  pos = sum(np.log(1 + sum(np.exp(-alpha * (s(i, c) - margin))
+                           for i in range(len(y)) if y[i] == c))
+            for c in with_pos)
+  neg = sum(np.log(1 + sum(np.exp(alpha * (s(i, c) + margin))
+                           for i in range(len(y)) if y[i] != c))
+            for c in classes)
+  return pos / max(len(with_pos), 1) + neg / len(proxies)
+
+
+# name: (tljax loss, numpy reference, keyword arguments, uses the class
+# matrix). Moderate scales keep float32 exact to ~1e-6 relative.
+NEW_LOSSES = {
+    "supcon": (losses.supcon_loss, _np_supcon, dict(temperature=0.3), False),
+    "ntxent": (losses.ntxent_loss, _np_ntxent, dict(temperature=0.3), False),
+    "multi_similarity": (
+        losses.multi_similarity_loss, _np_multi_similarity,
+        dict(alpha=2.0, beta=10.0, base=0.5, epsilon=0.1), False),
+    "multi_similarity_unmined": (
+        losses.multi_similarity_loss, _np_multi_similarity,
+        dict(alpha=2.0, beta=10.0, base=0.5, epsilon=None), False),
+    "arcface": (losses.arcface_loss, _np_arcface,
+                dict(margin=0.5, scale=8.0), True),
+    "arcface_wide_margin": (losses.arcface_loss, _np_arcface,
+                            dict(margin=1.4, scale=8.0), True),
+    "cosface": (losses.cosface_loss, _np_cosface,
+                dict(margin=0.35, scale=8.0), True),
+    "proxy_anchor": (losses.proxy_anchor_loss, _np_proxy_anchor,
+                     dict(margin=0.1, alpha=8.0), True),
+}
+
+
+def _new_loss_inputs(seed):
+  """Ten 4-D embeddings of (up to) 4 classes, one possibly absent, and a
+  class matrix of 4 rows: the same shapes every time (one compilation)."""
+  rng = np.random.default_rng(seed)
+  e = rng.normal(size=(10, 4)).astype(np.float32)
+  y = rng.integers(0, 4, size=10).astype(np.int32)
+  w = rng.normal(size=(4, 4)).astype(np.float32)
+  return e, y, w
+
+
+def _call(name, e, y, w):
+  fn, _, kw, uses_w = NEW_LOSSES[name]
+  return fn(e, y, w, **kw) if uses_w else fn(e, y, **kw)
+
+
+_JITTED = {}
+
+
+def _value_and_grad(name):
+  if name not in _JITTED:
+    _JITTED[name] = jax.jit(jax.value_and_grad(
+        lambda e, y, w: _call(name, e, y, w), argnums=(0, 2)))
+  return _JITTED[name]
+
+
+class SimilarityLossTest(parameterized.TestCase):
+
+  @parameterized.named_parameters([(n, n) for n in NEW_LOSSES])
+  def test_matches_brute_force(self, name):
+    _, reference, kw, uses_w = NEW_LOSSES[name]
+    for seed in range(3):
+      e, y, w = _new_loss_inputs(seed)
+      got, grads = _value_and_grad(name)(e, y, w)
+      want = (reference(e, y, w, *kw.values()) if uses_w
+              else reference(e, y, *kw.values()))
+      self.assertGreater(want, 0.01)
+      np.testing.assert_allclose(float(got), want, rtol=1e-5,
+                                 err_msg=f"seed {seed}")
+      self.assertTrue(all(bool(jnp.all(jnp.isfinite(g))) for g in grads))
+
+  @parameterized.named_parameters([(n, n) for n in NEW_LOSSES])
+  def test_equals_pytorch_metric_learning_loss_and_gradient(self, name):
+    torch = pytest.importorskip("torch")
+    pml = pytest.importorskip("pytorch_metric_learning")
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning import miners as pml_miners
+    del pml
+    _, _, kw, uses_w = NEW_LOSSES[name]
+    for seed in range(2):
+      e, y, w = _new_loss_inputs(seed + 10)
+      te = torch.tensor(e, requires_grad=True)
+      ty = torch.tensor(y.astype(np.int64))
+      args = ()
+      if name == "supcon":
+        loss = pml_losses.SupConLoss(temperature=kw["temperature"])
+      elif name == "ntxent":
+        loss = pml_losses.NTXentLoss(temperature=kw["temperature"])
+      elif name.startswith("multi_similarity"):
+        loss = pml_losses.MultiSimilarityLoss(kw["alpha"], kw["beta"],
+                                              kw["base"])
+        if kw["epsilon"] is not None:
+          args = (pml_miners.MultiSimilarityMiner(kw["epsilon"])(te, ty),)
+      elif name.startswith("arcface"):
+        loss = pml_losses.ArcFaceLoss(4, 4, margin=np.degrees(kw["margin"]),
+                                      scale=kw["scale"])
+        loss.W.data = torch.tensor(w.T.copy())
+      elif name == "cosface":
+        loss = pml_losses.CosFaceLoss(4, 4, **kw)
+        loss.W.data = torch.tensor(w.T.copy())
+      else:
+        loss = pml_losses.ProxyAnchorLoss(4, 4, **kw)
+        loss.proxies.data = torch.tensor(w)
+      value = loss(te, ty, *args)
+      value.backward()
+      got, (g_e, g_w) = _value_and_grad(name)(e, y, w)
+      np.testing.assert_allclose(float(got), value.item(), rtol=1e-5,
+                                 err_msg=f"seed {seed}")
+      np.testing.assert_allclose(g_e, te.grad.numpy(), rtol=1e-4, atol=1e-6)
+      if uses_w:
+        pw = loss.W.grad.numpy().T if hasattr(loss, "W") else (
+            loss.proxies.grad.numpy())
+        np.testing.assert_allclose(g_w, pw, rtol=1e-4, atol=1e-6)
+
+  def test_multi_similarity_miner_by_hand(self):
+    # Anchor 0: positives at similarity 0.9 (index 1) and 0.2 (index 2),
+    # negatives at 0.3 (index 3) and -0.5 (index 4); epsilon 0.1.
+    s = np.eye(5, dtype=np.float32)
+    s[0, 1:] = [0.9, 0.2, 0.3, -0.5]
+    y = np.array([0, 0, 0, 1, 1])
+    pos, neg = jax.jit(lambda s, y: losses.multi_similarity_miner(
+        s, y, epsilon=0.1))(s, y)
+    # 0.9 - 0.1 < 0.3? no; 0.2 - 0.1 < 0.3? yes. 0.3 + 0.1 > 0.2? yes;
+    # -0.5 + 0.1 > 0.2? no.
+    np.testing.assert_array_equal(pos[0], [False, False, True, False, False])
+    np.testing.assert_array_equal(neg[0], [False, False, False, True, False])
+
+  def test_no_pairs_give_zero_with_finite_gradients(self):
+    # Ten classes of one example: no positive pair (so multi-similarity
+    # mines no negative either). The compiled functions above are reused.
+    e, _, w = _new_loss_inputs(0)
+    y = np.arange(10, dtype=np.int32)
+    for name in ("supcon", "ntxent", "multi_similarity"):
+      v, (g, _) = _value_and_grad(name)(e, y, w)
+      self.assertEqual(float(v), 0.0, name)
+      self.assertTrue(bool(jnp.all(jnp.isfinite(g))), name)
+
+  def test_non_finite_embedding_gives_nan(self):
+    e, y, w = _new_loss_inputs(0)
+    e[3, 1] = np.nan
+    for name in NEW_LOSSES:
+      self.assertTrue(np.isnan(float(_value_and_grad(name)(e, y, w)[0])),
+                      name)
+
+  @parameterized.named_parameters(
+      ("temperature", losses.supcon_loss, (), {"temperature": 0.0},
+       "temperature must be > 0"),
+      ("ntxent_temperature", losses.ntxent_loss, (), {"temperature": -1.0},
+       "temperature must be > 0"),
+      ("beta", losses.multi_similarity_loss, (), {"beta": 0.0},
+       "beta must be > 0"),
+      ("matrix", losses.arcface_loss, (jnp.zeros((3, 5)),), {},
+       "shape \\(classes, 2\\)"),
+      ("margin", losses.arcface_loss, (jnp.zeros((3, 2)),), {"margin": 2.0},
+       "radians"),
+      ("proxies", losses.proxy_anchor_loss, (jnp.zeros(3),), {},
+       "one row per class"),
+      ("labels", losses.cosface_loss, (jnp.zeros((3, 2)),), {},
+       "labels must have shape"),
+  )
+  def test_bad_input_raises(self, fn, extra, kwargs, msg):
+    y = jnp.zeros(3 if msg == "labels must have shape" else 4, jnp.int32)
+    with pytest.raises(ValueError, match=msg):
+      fn(jnp.ones((4, 2)), y, *extra, **kwargs)

@@ -2,8 +2,10 @@ r"""Few-shot meta-learning on held-out classes, and MAML on sinusoids.
 
   python experiments/meta.py --workdir=/tmp/tljax/meta_protonet \
       --config=experiments/configs/meta.py:protonet
-  # methods: protonet | maml | hypernet | baseline (pretrained embedding +
-  # nearest centroid); 5-shot: --config.k_shot=5. Sinusoids:
+  # methods: protonet | maml | anil (MAML, inner loop on the head only) |
+  # metasgd (learned per-parameter inner rates) | reptile | hypernet |
+  # baseline (pretrained embedding + nearest centroid); 5-shot:
+  # --config.k_shot=5. Sinusoids (also sinusoid_reptile):
   python experiments/meta.py --workdir=/tmp/tljax/sine_maml \
       --config=experiments/configs/meta.py:sinusoid_maml
   # and sinusoid_pretrained (joint pretraining, fine-tuned the same way).
@@ -69,6 +71,12 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.maml.test_inner_steps = 10
   config.maml.first_order = False
   config.maml.inner_rules = ()   # e.g. (("head/.*", 1.0), (".*", None))
+  if config.method == "anil":
+    config.maml.inner_rules = (("head/.*", 1.0), (".*", None))
+  if config.method == "metasgd":
+    # The learned rates start at inner_lr and are tuned to inner_steps
+    # steps; the test adapts with as many (test_inner_steps is unused).
+    config.maml.inner_steps = 1
 
   config.hypernet = ml_collections.ConfigDict()
   config.hypernet.hidden = 64
@@ -79,7 +87,15 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.optim.learning_rate = 1e-3
   config.optim.schedule = "constant"
 
-  config.num_steps = 1000 if config.method == "maml" else 2000
+  if config.method == "reptile":
+    # Reptile: the outer step is theta += epsilon (phi - theta); with SGD
+    # at rate epsilon = 1 (linearly decayed to 0), as Nichol et al.
+    config.maml.inner_steps = 8
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 1.0
+    config.optim.schedule = "linear"
+  config.num_steps = (1000 if config.method in ("maml", "anil", "metasgd")
+                      else 2000)
   config.eval_every = 500
   config.log_every = 250
   config.checkpoint_every = 500    # and at SIGTERM / Ctrl-C
@@ -92,7 +108,7 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
     config.test_n_query = 100
     config.meta_batch_size = 25
     config.maml.inner_lr = 0.01
-    config.maml.inner_steps = 1
+    config.maml.inner_steps = 8 if config.method == "reptile" else 1
     config.eval_inner_steps = (0, 1, 10)
     config.test_episodes = 600
     config.num_steps = 4000

@@ -1,16 +1,20 @@
-r"""Metric learning: a triplet or Siamese (contrastive) embedding trained on
-some classes, evaluated by retrieval and verification on held-out classes.
+r"""Metric learning: an embedding trained on some classes, evaluated by
+retrieval and verification on held-out classes.
 
   python experiments/metric.py --workdir=/tmp/tljax/triplet \
       --config=experiments/configs/metric.py:triplet
   python experiments/metric.py --workdir=/tmp/tljax/siamese \
       --config=experiments/configs/metric.py:contrastive
+  # Any loss by name, e.g. metric.py:supcon, or --config.loss=X with X one
+  # of triplet, contrastive, supcon, ntxent, multi_similarity, arcface,
+  # cosface, proxy_anchor (their settings: --config.supcon.temperature,
+  # --config.multi_similarity.epsilon, --config.arcface.margin, ...).
   # Append ",quick" (metric.py:triplet,quick) for a seconds-long smoke run.
 
 mnist1d (standard preset): train on digits 0-4 (train split), evaluate
-recall@1, recall@5 and verification ROC-AUC on digits 5-9 of the test
-split, beside the same metrics on the raw inputs (results.json:
-raw_recall@1, raw_auc).
+recall@1, recall@5, MAP@R, R-precision and verification ROC-AUC on digits
+5-9 of the test split, beside the same metrics on the raw inputs
+(results.json: raw_recall@1, raw_map@r, raw_auc, ...).
 
 Measured on this 2-core CPU (one run each, seed 0; full table in
 docs/results_metric_meta.md, from benchmarks/meta_learning.py), on the 517
@@ -33,7 +37,9 @@ def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
   parts = [p for p in parts if p != "quick"] or ["triplet"]
 
   config = ml_collections.ConfigDict()
-  config.loss = parts[0]             # triplet | contrastive
+  # triplet | contrastive | supcon | ntxent | multi_similarity | arcface |
+  # cosface | proxy_anchor
+  config.loss = parts[0]
   config.seed = 0
   config.data = "mnist1d:standard"   # the published MNIST-1D settings
   config.data_dir = ""
@@ -55,6 +61,22 @@ def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:
   # Contrastive: pair batches of classes_per_batch * examples_per_class.
   config.pos_margin = 0.0
   config.neg_margin = 2.0
+  # The other losses, on the same class-balanced batches; their embeddings
+  # are evaluated with the cosine distance (they see only directions).
+  config.supcon = ml_collections.ConfigDict({"temperature": 0.1})
+  config.ntxent = ml_collections.ConfigDict({"temperature": 0.1})
+  config.multi_similarity = ml_collections.ConfigDict(
+      {"alpha": 2.0, "beta": 50.0, "base": 0.5,
+       "epsilon": 0.1})              # epsilon < 0: every pair, no miner
+  config.arcface = ml_collections.ConfigDict({"margin": 0.5,  # radians
+                                              "scale": 64.0})
+  config.cosface = ml_collections.ConfigDict({"margin": 0.35, "scale": 64.0})
+  config.proxy_anchor = ml_collections.ConfigDict({"margin": 0.1,
+                                                   "alpha": 32.0})
+  # arcface / cosface / proxy_anchor learn params['proxies'] (a row per
+  # training class) at this multiple of the learning rate (Kim et al. 2020
+  # use 100 for Proxy-Anchor).
+  config.proxy_lr_multiplier = 1.0
 
   config.recall_ks = (1, 5)
   config.optim = ml_collections.ConfigDict()

@@ -9,8 +9,9 @@
 - :class:`SinusoidTasks`: the sinusoid regression family of MAML (Finn,
   Abbeel & Levine 2017): ``y = A sin(x - phase)`` with ``A ~ U[0.1, 5]``,
   ``phase ~ U[0, pi]``, ``x ~ U[-5, 5]``.
-- :func:`class_balanced_batches` (P classes x K examples, for triplet mining,
-  Hermans et al. 2017) and :func:`pair_batches` (positive and negative pairs
+- :class:`ClassBalancedSampler` / :func:`class_balanced_batches` (P classes
+  x M examples per global batch, for in-batch mining, Hermans et al. 2017)
+  and :func:`pair_batches` (positive and negative pairs
   for Siamese networks).
 
 Like :func:`tljax.data.batches`, every sampler is a pure function of
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+import jax
 import numpy as np
 
 from tljax.data.sources import Dataset
@@ -212,30 +214,93 @@ def meta_split(train_data: Dataset, test_data: Dataset, *,
   return train, test
 
 
+class ClassBalancedSampler:
+  """Global batches of ``classes_per_batch`` (P) classes x
+  ``examples_per_class`` (M) examples: the "PK" batches of Hermans et al.
+  (2017) that give every anchor positives and negatives for in-batch
+  mining, and every proxy loss several examples of each class.
+
+  Batch ``step`` is a pure function of ``(seed, step)``: P distinct classes
+  drawn at random, then M distinct examples of each, grouped by class.
+  Labels are the data set's. With several processes each takes its
+  contiguous slice of the global batch (:meth:`batch`), as
+  :func:`tljax.data.batches` does; the devices then hold different classes,
+  which is why the losses gather the global batch.
+
+    >>> from tljax import data
+    >>> s = ClassBalancedSampler(data.load("digits"), classes_per_batch=3,
+    ...                          examples_per_class=2)
+    >>> b = s.batch(0)
+    >>> b["x"].shape, len(set(b["y"].tolist()))
+    ((6, 8, 8, 1), 3)
+
+  Raises:
+    ValueError: if a class has fewer than M examples, P is not in ``[2,
+      classes]``, or the global batch does not split over the processes.
+  """
+
+  def __init__(self, dataset: Dataset, *, classes_per_batch: int,
+               examples_per_class: int, seed: int = 0,
+               classes: Sequence[int] | None = None):
+    if int(examples_per_class) != examples_per_class or examples_per_class < 1:
+      raise ValueError(f"examples_per_class must be an integer >= 1, got "
+                       f"{examples_per_class!r}")
+    self.index = _class_index(dataset, classes, examples_per_class,
+                              "class_balanced_batches")
+    self.classes = np.array(sorted(self.index))
+    if not 2 <= classes_per_batch <= len(self.classes):
+      raise ValueError(f"classes_per_batch must be in [2, "
+                       f"{len(self.classes)}] (the classes available), got "
+                       f"{classes_per_batch}")
+    self.dataset = dataset
+    self.p, self.m = int(classes_per_batch), int(examples_per_class)
+    self.seed = int(seed)
+    self.batch_size = self.p * self.m
+
+  def indices(self, step: int) -> np.ndarray:
+    """Data-set indices of global batch ``step``, ``(P * M,)``."""
+    rng = _rng(self.seed, _BALANCED, step)
+    picked = rng.choice(self.classes, self.p, replace=False)
+    return np.concatenate([rng.choice(self.index[int(c)], self.m,
+                                      replace=False) for c in picked])
+
+  def batch(self, step: int, *, process_index: int | None = None,
+            process_count: int | None = None) -> dict[str, np.ndarray]:
+    """This process's slice of global batch ``step``: ``x``, ``y``
+    (``process_*`` default to JAX's)."""
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    if self.batch_size % pc:
+      raise ValueError(f"the class-balanced batch of {self.p} x {self.m} = "
+                       f"{self.batch_size} examples does not split over "
+                       f"{pc} processes; make P * M divisible by {pc}.")
+    per = self.batch_size // pc
+    idx = self.indices(step)[pi * per:(pi + 1) * per]
+    return {"x": self.dataset.x[idx],
+            "y": self.dataset.y[idx].astype(np.int32)}
+
+  def batches(self, start_step: int = 0, **process) -> Iterator[dict]:
+    """Infinite iterator of :meth:`batch` from ``start_step`` on."""
+    self.batch(start_step, **process)  # checks, before yielding
+    step = start_step
+    while True:
+      yield self.batch(step, **process)
+      step += 1
+
+
 def class_balanced_batches(dataset: Dataset, *, classes_per_batch: int,
                            examples_per_class: int, seed: int = 0,
                            classes: Sequence[int] | None = None,
-                           start_step: int = 0
+                           start_step: int = 0, **process
                            ) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of ``classes_per_batch`` classes x ``examples_per_class`` each.
-
-  The "PK" batches of Hermans et al. (2017) that give every anchor positives
-  and negatives for in-batch triplet mining. Labels are the original ones.
-  """
-  index = _class_index(dataset, classes, examples_per_class,
-                       "class_balanced_batches")
-  all_classes = np.array(sorted(index))
-  if not 2 <= classes_per_batch <= len(all_classes):
-    raise ValueError(f"classes_per_batch must be in [2, {len(all_classes)}] "
-                     f"(the classes available), got {classes_per_batch}")
-  step = start_step
-  while True:
-    rng = _rng(seed, _BALANCED, step)
-    picked = rng.choice(all_classes, classes_per_batch, replace=False)
-    idx = np.concatenate([rng.choice(index[int(c)], examples_per_class,
-                                     replace=False) for c in picked])
-    yield {"x": dataset.x[idx], "y": dataset.y[idx].astype(np.int32)}
-    step += 1
+  """``ClassBalancedSampler(...).batches(start_step)``: batches of
+  ``classes_per_batch`` classes x ``examples_per_class`` each (this
+  process's slice; ``process_index`` / ``process_count`` as in
+  :meth:`ClassBalancedSampler.batch`)."""
+  return ClassBalancedSampler(
+      dataset, classes_per_batch=classes_per_batch,
+      examples_per_class=examples_per_class, seed=seed,
+      classes=classes).batches(start_step, **process)
 
 
 def pair_batches(dataset: Dataset, batch_size: int, *, seed: int = 0,

@@ -5,6 +5,11 @@
 
 - ``protonet``: prototypical networks (:mod:`tljax.methods.protonet`),
 - ``maml``: MAML, second or first order (:mod:`tljax.methods.maml`),
+- ``anil``: MAML with the inner loop on the head only (Raghu et al. 2020;
+  ``config.maml.inner_rules``, which the ``anil`` config sets),
+- ``metasgd``: Meta-SGD, MAML with learned per-parameter inner rates
+  (:func:`tljax.methods.maml.metasgd_loss`),
+- ``reptile``: Reptile (:mod:`tljax.methods.reptile`),
 - ``hypernet``: the model-based learner that writes the head's weights
   (:mod:`tljax.methods.hypernet`),
 - ``baseline``: a classifier pretrained with cross-entropy on the meta-train
@@ -13,8 +18,9 @@
 
 on N-way K-shot episodes of held-out classes (:mod:`tljax.data.episodes`),
 and reports the mean accuracy over many test episodes with its 95% interval.
-With ``task='sinusoid'`` it runs MAML (``maml``) or a model pretrained on
-all tasks jointly (``pretrained``) on the sinusoid family and reports the
+With ``task='sinusoid'`` it runs MAML (``maml``), Reptile (``reptile``) or
+a model pretrained on all tasks jointly (``pretrained``) on the sinusoid
+family and reports the
 query MSE after each number of inner SGD steps in ``eval_inner_steps``
 (both fine-tuned the same way, as in Finn et al. 2017, figure 2).
 
@@ -41,12 +47,14 @@ from tljax.drivers import common
 from tljax.methods import hypernet
 from tljax.methods import maml
 from tljax.methods import protonet
+from tljax.methods import reptile
 from tljax.methods import supervised
 from tljax.train import checkpoint
 
 PyTree = Any
-CLASSIFICATION_METHODS = ("protonet", "maml", "hypernet", "baseline")
-SINUSOID_METHODS = ("maml", "pretrained")
+CLASSIFICATION_METHODS = ("protonet", "maml", "anil", "metasgd", "reptile",
+                          "hypernet", "baseline")
+SINUSOID_METHODS = ("maml", "reptile", "pretrained")
 
 
 def _fit(config, workdir, params, make_step, batches_from, eval_fn=None,
@@ -114,20 +122,39 @@ def _classification(config, workdir):
                                 ep["support_y"], ep["query_x"])
     make_step = functools.partial(hypernet.make_step, model)
     acc_fn = functools.partial(hypernet.episode_accuracies, model=model)
-  elif method == "maml":
+  elif method in ("maml", "anil", "metasgd", "reptile"):
     m = config.maml
     maml.check_config("classification", m.inner_steps, m.inner_lr)
     model = models.Classifier(backbone, num_classes=config.n_way)
     params, model_state = models.init_variables(model, shape, config.seed)
     rules = tuple(tuple(r) for r in m.inner_rules) or None
-    make_step = functools.partial(
-        maml.make_step, model, kind="classification", inner_lr=m.inner_lr,
-        inner_steps=m.inner_steps, first_order=m.first_order,
-        inner_rules=rules)
+    if method == "anil" and not rules:
+      raise ValueError("anil adapts only the head: set config.maml."
+                       "inner_rules (the anil config sets (('head/.*', 1.0),"
+                       " ('.*', None))).")
     acc_fn = functools.partial(maml.episode_accuracies, model=model,
                                inner_lr=_test_lr(config),
                                inner_steps=m.test_inner_steps,
                                inner_rules=rules)
+    if method == "reptile":
+      make_step = functools.partial(
+          reptile.make_step, model, kind="classification",
+          inner_lr=m.inner_lr, inner_steps=m.inner_steps, inner_rules=rules)
+    elif method == "metasgd":
+      # Learned rates are tuned to inner_steps steps: test with as many.
+      params = maml.init_metasgd(params, _test_lr(config))
+      make_step = functools.partial(
+          maml.make_step, model, kind="classification", metasgd=True,
+          inner_steps=m.inner_steps, first_order=m.first_order,
+          inner_rules=rules)
+      acc_fn = functools.partial(maml.metasgd_episode_accuracies,
+                                 model=model, inner_steps=m.inner_steps,
+                                 inner_rules=rules)
+    else:
+      make_step = functools.partial(
+          maml.make_step, model, kind="classification", inner_lr=m.inner_lr,
+          inner_steps=m.inner_steps, first_order=m.first_order,
+          inner_rules=rules)
   else:  # baseline: supervised pretraining on the meta-train classes.
     pre = common.load(config, config.data, classes=config.train_classes)
     model = models.Classifier(backbone, num_classes=len(config.train_classes))
@@ -211,6 +238,10 @@ def _sinusoid(config, workdir):
     make_step = functools.partial(
         maml.make_step, model, kind="regression", inner_lr=m.inner_lr,
         inner_steps=m.inner_steps, first_order=m.first_order)
+  elif config.method == "reptile":
+    make_step = functools.partial(
+        reptile.make_step, model, kind="regression", inner_lr=m.inner_lr,
+        inner_steps=m.inner_steps)
   else:
     make_step = functools.partial(maml.make_step, model, kind="regression",
                                   joint=True)

@@ -9,7 +9,15 @@ For softmax cross-entropy use optax's
 
 from tljax.losses.classification import accuracy
 from tljax.losses.classification import weighted_mean
+from tljax.losses.metric import arcface_loss
 from tljax.losses.metric import contrastive_loss
+from tljax.losses.metric import cosface_loss
+from tljax.losses.metric import cosine_similarity
+from tljax.losses.metric import multi_similarity_loss
+from tljax.losses.metric import multi_similarity_miner
+from tljax.losses.metric import ntxent_loss
+from tljax.losses.metric import proxy_anchor_loss
+from tljax.losses.metric import supcon_loss
 from tljax.losses.metric import triplet_loss
 from tljax.losses.transfer import distillation_kl
 from tljax.losses.transfer import l2_sp_penalty
@@ -24,6 +32,9 @@ from tljax.losses.zero_shot import attribute_loss
 from tljax.losses.zero_shot import hinge_ranking_loss
 
 __all__ = ["accuracy", "weighted_mean", "contrastive_loss", "triplet_loss",
+           "supcon_loss", "ntxent_loss", "multi_similarity_loss",
+           "multi_similarity_miner", "arcface_loss", "cosface_loss",
+           "proxy_anchor_loss", "cosine_similarity",
            "distillation_kl", "l2_sp_penalty", "l2_sp_shared_mask",
            "lwf_penalty", "coral_loss", "domain_accuracy",
            "domain_classification_loss", "gaussian_mmd2", "multi_kernel_mmd2",

@@ -1,8 +1,25 @@
-"""Metric-learning losses: contrastive (Siamese) and triplet with mining.
+"""Metric-learning losses: contrastive (Siamese), triplet with mining, and
+the losses deep metric learning reports today.
 
-Pure functions of arrays; mining works on the pairwise-distance matrix of
-the whole (global) batch, in ``O(B^2)`` memory (no ``(B, B, B)`` tensor of
-triplets), and every loss compiles once.
+Pure functions of arrays over the whole (global) batch: under ``pmap`` the
+caller gathers the embeddings first (:mod:`tljax.methods.metric_learning`
+does). Every loss works on ``(B, B)`` (or ``(B, classes)``) matrices, in
+``O(B^2)`` memory (no ``(B, B, B)`` tensor of triplets), and compiles once.
+
+- :func:`contrastive_loss`, :func:`triplet_loss` (batch all / hard /
+  semi-hard mining).
+- :func:`supcon_loss` (supervised contrastive, Khosla et al. 2020) and
+  :func:`ntxent_loss` (NT-Xent / InfoNCE, Chen et al. 2020; Oord et al.
+  2018).
+- :func:`multi_similarity_loss` with :func:`multi_similarity_miner` (Wang et
+  al. 2019).
+- Classification-style losses with a learned class matrix (one row per
+  training class, e.g. ``params['proxies']``): :func:`arcface_loss` (Deng et
+  al. 2019), :func:`cosface_loss` (Wang et al. 2018) and
+  :func:`proxy_anchor_loss` (Kim et al. 2020).
+
+The last five equal pytorch-metric-learning's losses of the same names on
+the same inputs (tested); each docstring says where a reduction differs.
 
   >>> import jax.numpy as jnp
   >>> emb = jnp.array([[0., 0.], [0., 1.], [3., 0.], [3., 1.]])
@@ -14,6 +31,7 @@ triplets), and every loss compiles once.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -160,7 +178,7 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *,
   Args:
     embeddings: ``(batch, dim)``.
     labels: ``(batch,)`` integer class labels.
-    margin: the margin (>= 0).
+    margin: the margin (>= 0; may be traced).
     mining: ``all``, ``hard`` or ``semi_hard``.
     distance: ``l2``, ``squared_l2`` or ``cosine`` (``1 - cos(a, b)``).
 
@@ -189,7 +207,8 @@ def _check_triplet_args(embeddings, labels, margin, mining, distance):
   if mining not in MINING:
     raise ValueError(f"unknown mining {mining!r}; choose one of "
                      f"{', '.join(MINING)}")
-  if margin < 0:
+  # A traced margin (one compilation for many margins) is not checked.
+  if not isinstance(margin, jax.core.Tracer) and margin < 0:
     raise ValueError(f"triplet_loss margin must be >= 0, got {margin}")
   _check_embeddings(embeddings, labels, "triplet_loss")
 
@@ -407,3 +426,312 @@ def _plain_triplet_loss(embeddings, labels, *, margin: float = 0.2,
   valid = pos & neg.any(1)[:, None]
   l = jnp.where(valid, jnp.maximum(d - chosen + margin, 0.0), 0.0)
   return jnp.sum(l) / jnp.maximum(jnp.sum(valid), 1)
+
+
+# ------------------------------------------------- similarity-based losses
+def _check_positive(what: str, **values):
+  for name, v in values.items():
+    if not isinstance(v, jax.core.Tracer) and not v > 0:
+      raise ValueError(f"{what}: {name} must be > 0, got {v}")
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  """Rows scaled to unit length (a zero row stays zero), as
+  ``torch.nn.functional.normalize`` does."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cosine_similarity(u: jax.Array, v: jax.Array | None = None) -> jax.Array:
+  """``(n, m)`` cosine similarities of the rows of ``u`` and ``v`` (default
+  ``u``)."""
+  u = _normalize(u)
+  return u @ (u if v is None else _normalize(v)).T
+
+
+def _log1p_sum_exp(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+  """``log(1 + sum_{mask} exp(x))`` along ``axis``, stably; 0 where the mask
+  is empty, with finite gradients (masked entries get none)."""
+  x = jnp.where(mask, x, -jnp.inf)
+  zero = jnp.zeros_like(jnp.take(x, jnp.array([0]), axis=axis))
+  return jax.nn.logsumexp(jnp.concatenate([x, zero], axis=axis), axis=axis)
+
+
+def _nan_if_not_finite(embeddings, loss):
+  return jnp.where(jnp.all(jnp.isfinite(embeddings)), loss, jnp.nan)
+
+
+def supcon_loss(embeddings: jax.Array, labels: jax.Array, *,
+                temperature: float = 0.1) -> jax.Array:
+  """Supervised contrastive loss (Khosla et al. 2020, "Supervised Contrastive
+  Learning", the ``L_out`` form of their eq. 2).
+
+  With ``z`` the L2-normalised embeddings, ``P(i)`` the other examples of
+  ``i``'s class and ``A(i)`` all examples but ``i``::
+
+    l_i = -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p / t)
+                                         / sum_{a in A(i)} exp(z_i.z_a / t) )
+
+  averaged over the anchors that have a positive (0 if none has). For a
+  batch of two augmented views of each image, labelled by image, this is
+  SimCLR's NT-Xent (Chen et al. 2020).
+
+  Equals pytorch-metric-learning's ``SupConLoss(temperature)``, except that
+  PML averages over anchors with a *non-zero* loss (``AvgNonZeroReducer``:
+  it differs only for an anchor whose loss is exactly 0, i.e. whose
+  denominator holds only its one positive) and returns 0 for a batch
+  without any negative pair (here a one-class batch gives
+  ``log(|P(i)|)`` per anchor, as the formula says).
+
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1., 0.], [1., 0.], [0., 1.]])
+    >>> round(float(supcon_loss(z, jnp.array([0, 0, 1]), temperature=1.)), 4)
+    0.3133
+
+  Args:
+    embeddings: ``(batch, dim)``; normalised here.
+    labels: ``(batch,)`` integer labels.
+    temperature: ``t > 0``.
+
+  Returns:
+    The scalar loss (NaN if an embedding is not finite).
+  """
+  _check_embeddings(embeddings, labels, "supcon_loss")
+  _check_positive("supcon_loss", temperature=temperature)
+  logits = cosine_similarity(embeddings) / temperature
+  pos, _ = _masks(labels)
+  others = ~jnp.eye(labels.shape[0], dtype=bool)
+  log_prob = logits - jax.nn.logsumexp(jnp.where(others, logits, -jnp.inf),
+                                       axis=1, keepdims=True)
+  num_pos = pos.sum(1)
+  per_anchor = -jnp.sum(jnp.where(pos, log_prob, 0.0), 1) / jnp.maximum(
+      num_pos, 1)
+  has_pos = num_pos > 0
+  loss = jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(
+      has_pos.sum(), 1)
+  return _nan_if_not_finite(embeddings, loss)
+
+
+def ntxent_loss(embeddings: jax.Array, labels: jax.Array, *,
+                temperature: float = 0.1) -> jax.Array:
+  """NT-Xent / InfoNCE (Chen et al. 2020, "A Simple Framework for
+  Contrastive Learning of Visual Representations"; Oord et al. 2018), one
+  term per positive pair.
+
+  For every ordered positive pair ``(i, p)`` (same label, ``p != i``), with
+  cosine similarities ``s`` and ``N(i)`` the examples of other classes::
+
+    l_ip = -log( exp(s_ip / t) / (exp(s_ip / t) + sum_{n in N(i)} exp(s_in / t)) )
+
+  averaged over all positive pairs (0 without any). Unlike
+  :func:`supcon_loss`, the other positives stay out of the denominator.
+  SimCLR's loss is this on two views per image, labels
+  ``concatenate([arange(n), arange(n)])``.
+
+  Equals pytorch-metric-learning's ``NTXentLoss(temperature)`` (whose
+  default temperature is 0.07); PML adds ``1e-38`` inside the log.
+
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1., 0.], [1., 0.], [0., 1.]])
+    >>> round(float(ntxent_loss(z, jnp.array([0, 0, 1]), temperature=1.)), 4)
+    0.3133
+
+  Args:
+    embeddings: ``(batch, dim)``; normalised here.
+    labels: ``(batch,)`` integer labels.
+    temperature: ``t > 0``.
+
+  Returns:
+    The scalar loss (NaN if an embedding is not finite).
+  """
+  _check_embeddings(embeddings, labels, "ntxent_loss")
+  _check_positive("ntxent_loss", temperature=temperature)
+  logits = cosine_similarity(embeddings) / temperature
+  pos, neg = _masks(labels)
+  neg_lse = jax.nn.logsumexp(jnp.where(neg, logits, -jnp.inf), axis=1,
+                             keepdims=True)              # -inf: no negative
+  l = jnp.logaddexp(logits, neg_lse) - logits
+  loss = jnp.sum(jnp.where(pos, l, 0.0)) / jnp.maximum(pos.sum(), 1)
+  return _nan_if_not_finite(embeddings, loss)
+
+
+def multi_similarity_miner(similarity: jax.Array, labels: jax.Array, *,
+                           epsilon: float = 0.1
+                           ) -> tuple[jax.Array, jax.Array]:
+  """The pair miner of multi-similarity loss (Wang et al. 2019, eq. 7-8).
+
+  A positive pair ``(i, j)`` is kept if ``S_ij - epsilon < max_{k in N(i)}
+  S_ik`` (it is less similar than the hardest negative, up to
+  ``epsilon``), a negative pair ``(i, k)`` if ``S_ik + epsilon > min_{j in
+  P(i)} S_ij``. An anchor without negatives keeps no positive, one without
+  positives no negative (as pytorch-metric-learning's
+  ``MultiSimilarityMiner``).
+
+  Args:
+    similarity: ``(batch, batch)`` similarities (e.g.
+      :func:`cosine_similarity`).
+    labels: ``(batch,)``.
+    epsilon: the mining margin.
+
+  Returns:
+    ``(positive_mask, negative_mask)``, boolean ``(batch, batch)``; no
+    gradient flows through them.
+  """
+  s = jax.lax.stop_gradient(similarity)
+  pos, neg = _masks(labels)
+  hardest_neg = jnp.max(jnp.where(neg, s, -jnp.inf), axis=1, keepdims=True)
+  hardest_pos = jnp.min(jnp.where(pos, s, jnp.inf), axis=1, keepdims=True)
+  return pos & (s - epsilon < hardest_neg), neg & (s + epsilon > hardest_pos)
+
+
+def multi_similarity_loss(embeddings: jax.Array, labels: jax.Array, *,
+                          alpha: float = 2.0, beta: float = 50.0,
+                          base: float = 0.5,
+                          epsilon: float | None = 0.1) -> jax.Array:
+  """Multi-similarity loss (Wang, Han, Huang, Dong & Scott 2019,
+  "Multi-Similarity Loss with General Pair Weighting for Deep Metric
+  Learning", eq. 10), on the pairs :func:`multi_similarity_miner` keeps.
+
+  With cosine similarities ``S``, ``base`` = ``lambda`` and the mined
+  positive and negative pairs ``P_i``, ``N_i`` of each anchor::
+
+    l_i = 1/alpha log(1 + sum_{P_i} exp(-alpha (S_ij - lambda)))
+        + 1/beta  log(1 + sum_{N_i} exp( beta (S_ik - lambda)))
+
+  averaged over every anchor of the batch (those with no mined pair count
+  as 0, as in the paper and PML's ``MeanReducer``). ``epsilon=None`` uses
+  every pair (no mining).
+
+  Equals pytorch-metric-learning's ``MultiSimilarityLoss(alpha, beta,
+  base)`` with ``indices_tuple`` from ``MultiSimilarityMiner(epsilon)``.
+
+  Returns:
+    The scalar loss (NaN if an embedding is not finite).
+  """
+  _check_embeddings(embeddings, labels, "multi_similarity_loss")
+  _check_positive("multi_similarity_loss", alpha=alpha, beta=beta)
+  s = cosine_similarity(embeddings)
+  if epsilon is None:
+    pos, neg = _masks(labels)
+  else:
+    pos, neg = multi_similarity_miner(s, labels, epsilon=epsilon)
+  l = (_log1p_sum_exp(-alpha * (s - base), pos, 1) / alpha
+       + _log1p_sum_exp(beta * (s - base), neg, 1) / beta)
+  return _nan_if_not_finite(embeddings, jnp.mean(l))
+
+
+def _check_class_matrix(embeddings, labels, weights, what):
+  _check_embeddings(embeddings, labels, what)
+  if jnp.ndim(weights) != 2 or jnp.shape(weights)[1] != jnp.shape(
+      embeddings)[1]:
+    raise ValueError(f"{what}: the class matrix must have shape (classes, "
+                     f"{jnp.shape(embeddings)[1]}), one row per class; got "
+                     f"{jnp.shape(weights)}.")
+
+
+def _margin_softmax(embeddings, labels, weights, target_logit, scale):
+  cos = cosine_similarity(embeddings, weights)               # (B, C)
+  onehot = jax.nn.one_hot(labels, weights.shape[0], dtype=bool)
+  target = jnp.sum(jnp.where(onehot, cos, 0.0), 1)
+  logits = scale * jnp.where(onehot, target_logit(target)[:, None], cos)
+  ce = jax.nn.logsumexp(logits, 1) - jnp.sum(jnp.where(onehot, logits, 0.0),
+                                              1)
+  return _nan_if_not_finite(embeddings, jnp.mean(ce))
+
+
+def arcface_loss(embeddings: jax.Array, labels: jax.Array,
+                 weights: jax.Array, *, margin: float = 0.5,
+                 scale: float = 64.0) -> jax.Array:
+  """ArcFace, additive angular margin softmax (Deng, Guo, Xue & Zafeiriou
+  2019, "ArcFace: Additive Angular Margin Loss for Deep Face Recognition").
+
+  With ``cos(theta_j)`` the cosine between an embedding and the class row
+  ``weights[j]``, the target class's logit is ``s cos(theta_y + m)`` and the
+  others' ``s cos(theta_j)``; the loss is the mean softmax cross-entropy.
+  Where ``theta_y > pi - m`` (there ``cos(theta + m)`` would rise again) the
+  target logit is ``s (cos(theta_y) - m sin(m))``, as in the authors' code
+  and PML. ``weights`` is a learned parameter (``params['proxies']``).
+
+  Equals pytorch-metric-learning's ``ArcFaceLoss(num_classes, dim,
+  margin=degrees(m), scale=s)`` with ``loss.W = weights.T`` (PML takes the
+  margin in degrees, default 28.6 = 0.5 rad). ``sin(theta)`` is computed as
+  ``sqrt(max(1 - cos^2, 1e-12))``, so that the gradient stays finite at
+  ``cos = +-1`` (the value differs there by at most ``1e-6 sin(m) s``).
+
+  Args:
+    embeddings: ``(batch, dim)``.
+    labels: ``(batch,)`` in ``[0, classes)``.
+    weights: ``(classes, dim)`` class matrix.
+    margin: the angular margin ``m`` in radians, in ``[0, pi/2]``.
+    scale: the scale ``s``.
+
+  Returns:
+    The scalar loss.
+  """
+  _check_class_matrix(embeddings, labels, weights, "arcface_loss")
+  _check_positive("arcface_loss", scale=scale)
+  if not 0 <= margin <= math.pi / 2:
+    raise ValueError(f"arcface_loss: margin is an angle in radians in [0, "
+                     f"pi/2]; got {margin}")
+  cos_m, sin_m = math.cos(margin), math.sin(margin)
+
+  def target_logit(c):
+    sin = jnp.sqrt(jnp.maximum(1.0 - jnp.square(c), 1e-12))
+    # theta <= pi - m  <=>  cos(theta) >= -cos(m).
+    return jnp.where(c >= -cos_m, c * cos_m - sin * sin_m, c - margin * sin_m)
+  return _margin_softmax(embeddings, labels, weights, target_logit, scale)
+
+
+def cosface_loss(embeddings: jax.Array, labels: jax.Array,
+                 weights: jax.Array, *, margin: float = 0.35,
+                 scale: float = 64.0) -> jax.Array:
+  """CosFace, large margin cosine loss (Wang et al. 2018, "CosFace: Large
+  Margin Cosine Loss for Deep Face Recognition"): the target logit is
+  ``s (cos(theta_y) - m)``, the others ``s cos(theta_j)``; mean softmax
+  cross-entropy. Equals pytorch-metric-learning's ``CosFaceLoss(
+  num_classes, dim, margin=m, scale=s)`` with ``loss.W = weights.T``.
+
+  Args, Returns: as :func:`arcface_loss` (``margin`` is a cosine offset).
+  """
+  _check_class_matrix(embeddings, labels, weights, "cosface_loss")
+  _check_positive("cosface_loss", scale=scale)
+  return _margin_softmax(embeddings, labels, weights, lambda c: c - margin,
+                         scale)
+
+
+def proxy_anchor_loss(embeddings: jax.Array, labels: jax.Array,
+                      proxies: jax.Array, *, margin: float = 0.1,
+                      alpha: float = 32.0) -> jax.Array:
+  """Proxy-Anchor loss (Kim, Kim, Cho & Kwak 2020, "Proxy Anchor Loss for
+  Deep Metric Learning", eq. 4).
+
+  With cosine similarities ``s(x, p)`` between embeddings and the learned
+  proxies (one per class), ``X_p+`` the batch's examples of ``p``'s class,
+  ``X_p-`` the others, and ``P+`` the proxies with an example in the
+  batch::
+
+    1/|P+| sum_{p in P+} log(1 + sum_{x in X_p+} exp(-alpha (s(x, p) - margin)))
+    + 1/|P| sum_{p in P} log(1 + sum_{x in X_p-} exp( alpha (s(x, p) + margin)))
+
+  Each proxy anchors a sum over the whole batch, so the batch must be the
+  global one (gather under ``pmap``). Equals pytorch-metric-learning's
+  ``ProxyAnchorLoss(num_classes, dim, margin, alpha)`` with ``loss.proxies
+  = proxies``.
+
+  Args:
+    embeddings: ``(batch, dim)``.
+    labels: ``(batch,)`` in ``[0, classes)``.
+    proxies: ``(classes, dim)``.
+    margin, alpha: ``delta`` and ``alpha`` of the paper.
+
+  Returns:
+    The scalar loss.
+  """
+  _check_class_matrix(embeddings, labels, proxies, "proxy_anchor_loss")
+  _check_positive("proxy_anchor_loss", alpha=alpha)
+  s = cosine_similarity(embeddings, proxies)               # (B, C)
+  onehot = jax.nn.one_hot(labels, proxies.shape[0], dtype=bool)
+  pos_term = _log1p_sum_exp(-alpha * (s - margin), onehot, 0)   # (C,)
+  neg_term = _log1p_sum_exp(alpha * (s + margin), ~onehot, 0)
+  with_pos = jnp.maximum(onehot.any(0).sum(), 1)
+  loss = pos_term.sum() / with_pos + neg_term.sum() / proxies.shape[0]
+  return _nan_if_not_finite(embeddings, loss)

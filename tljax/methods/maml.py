@@ -17,7 +17,17 @@ The inner learning rate can be one number or one per step (``inner_lr`` a
 sequence), and ``inner_rules`` (``(regex, multiplier or None)`` over leaf
 names, as in :mod:`tljax.optim`) scales it per parameter, e.g.
 ``(("head/.*", 1.0), (".*", None))`` adapts only the head (ANIL, Raghu et
-al. 2020).
+al. 2020, "Rapid Learning or Feature Reuse?"; the ``anil`` config of
+``experiments/configs/meta.py``).
+
+Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly
+for Few-Shot Learning") learns the inner rates too: one rate per parameter
+entry, ``theta' = theta - alpha * grad`` elementwise, with ``alpha`` a
+subtree ``params['inner_lr']`` shaped like the model's parameters
+(:func:`init_metasgd`) and meta-learned with ``theta`` by the same outer
+gradient (:func:`metasgd_loss`). With ``alpha`` held at one value it is
+MAML. Reptile, the first-order learner that needs no query gradient, is in
+:mod:`tljax.methods.reptile`.
 
   >>> import jax, jax.numpy as jnp, flax.linen as nn
   >>> model = nn.Dense(1)
@@ -71,16 +81,22 @@ def _lrs(inner_lr, inner_steps: int | None) -> jax.Array:
   return jnp.full((inner_steps,), inner_lr, jnp.float32)
 
 
-def _rule_scales(params: PyTree, inner_rules) -> PyTree | None:
+def _rule_scales(params: PyTree, inner_rules, lr_tree=None) -> PyTree | None:
+  """Per-leaf multipliers of the inner gradient: the rules' numbers (0 for
+  frozen), times ``lr_tree`` (per-entry rates, Meta-SGD) where given."""
   if not inner_rules:
-    return None
+    return lr_tree
   mults = params_lib.make_tree(params, [tuple(r) for r in inner_rules],
                                what="inner_rules")
-  return jax.tree.map(lambda m: 0.0 if m is None else float(m), mults,
-                      is_leaf=lambda m: m is None)
+  mults = jax.tree.map(lambda m: 0.0 if m is None else float(m), mults,
+                       is_leaf=lambda m: m is None)
+  if lr_tree is None:
+    return mults
+  return jax.tree.map(lambda m, a: m * a, mults, lr_tree)
 
 
-def _apply(model: nn.Module, params: PyTree, model_state: PyTree, x):
+def apply_on_task(model: nn.Module, params: PyTree, model_state: PyTree,
+                  x):
   """``model`` on a task's examples. A BatchNorm model normalises with the
   statistics of the examples it is given, and keeps no running ones: the
   transductive BatchNorm of Finn et al.'s reference implementation."""
@@ -94,8 +110,12 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
                 model: nn.Module, kind: str, inner_lr=0.01,
                 inner_steps: int | None = 1, first_order: bool = False,
                 inner_rules=None, return_path: bool = False,
-                model_state: PyTree | None = None):
+                model_state: PyTree | None = None, lr_tree=None):
   """SGD steps on one task's support set ``(x, y)`` from ``params``.
+
+  Step ``t`` is ``p - inner_lr[t] * scale * grad``, with ``scale`` per leaf
+  from ``inner_rules`` and, elementwise, ``lr_tree`` (Meta-SGD's learned
+  rates, shaped like ``params``).
 
   Args:
     params: the initial (meta-learned) parameters.
@@ -109,15 +129,16 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
     first_order: stop gradients through the inner gradients (FOMAML).
     inner_rules: optional ``(regex, multiplier or None)`` per-leaf scales.
     return_path: also return the stacked parameters after each step.
+    lr_tree: optional per-entry rates shaped like ``params``.
 
   Returns:
     The adapted parameters (and, with ``return_path``, the path).
   """
   lrs = _lrs(inner_lr, inner_steps)
-  scales = _rule_scales(params, inner_rules)
+  scales = _rule_scales(params, inner_rules, lr_tree)
 
   def support_loss(p):
-    return task_loss(kind, _apply(model, p, model_state, x), y)
+    return task_loss(kind, apply_on_task(model, p, model_state, x), y)
 
   def step(p, lr):
     g = jax.grad(support_loss)(p)
@@ -142,10 +163,11 @@ def _task_metrics(kind, out, y):
 def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
               inner_lr=0.01, inner_steps: int | None = 1,
               first_order: bool = False, inner_rules=None,
-              axis_name: str | None = None):
+              axis_name: str | None = None, lr_tree=None):
   """The MAML meta-loss of a meta-batch (leading task axis): mean query loss
   after adapting on each task's support set. Metrics: ``pre_query_loss``
-  (before adaptation) and, for classification, ``accuracy``."""
+  (before adaptation) and, for classification, ``accuracy``. ``lr_tree``:
+  per-entry inner rates (Meta-SGD, :func:`metasgd_loss`)."""
   del rng, axis_name
   ms = state_lib.model_state_of(state)
 
@@ -153,10 +175,12 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
     adapted = inner_adapt(params, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, first_order=first_order,
-                          inner_rules=inner_rules, model_state=ms)
-    post = _task_metrics(kind, _apply(model, adapted, ms, task["query_x"]),
+                          inner_rules=inner_rules, model_state=ms,
+                          lr_tree=lr_tree)
+    post = _task_metrics(kind, apply_on_task(model, adapted, ms,
+                                             task["query_x"]),
                          task["query_y"])
-    pre = task_loss(kind, _apply(model, params, ms, task["query_x"]),
+    pre = task_loss(kind, apply_on_task(model, params, ms, task["query_x"]),
                     task["query_y"])
     return post, pre
 
@@ -169,12 +193,13 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 
 def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
                      kind: str, inner_lr=0.01, inner_steps: int | None = 10,
-                     inner_rules=None, model_state: PyTree | None = None
-                     ) -> tuple[jax.Array, jax.Array]:
+                     inner_rules=None, model_state: PyTree | None = None,
+                     lr_tree=None) -> tuple[jax.Array, jax.Array]:
   """Query loss and accuracy of each task after ``0..inner_steps`` steps.
 
   Used for evaluation (e.g. MSE after 1 and 10 steps) of MAML and of any
-  other initialisation fine-tuned the same way (a jointly pretrained model).
+  other initialisation fine-tuned the same way (a jointly pretrained model,
+  Reptile; Meta-SGD with its learned ``lr_tree`` and ``inner_lr=1``).
 
   Returns:
     ``(losses, accuracies)``, each ``(tasks, steps + 1)`` (accuracies are 0
@@ -184,11 +209,12 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
     _, path = inner_adapt(params, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, inner_rules=inner_rules,
-                          return_path=True, model_state=model_state)
+                          return_path=True, model_state=model_state,
+                          lr_tree=lr_tree)
     path = jax.tree.map(lambda p0, ps: jnp.concatenate([p0[None], ps]),
                         params, path)
     return jax.vmap(lambda p: _task_metrics(
-        kind, _apply(model, p, model_state, task["query_x"]),
+        kind, apply_on_task(model, p, model_state, task["query_x"]),
         task["query_y"]))(path)
 
   return jax.vmap(one)(episodes.task_arrays(batch))
@@ -196,14 +222,63 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
 
 def episode_accuracies(params: PyTree, batch: dict, *, model: nn.Module,
                        inner_lr=0.01, inner_steps: int | None = 10,
-                       inner_rules=None, model_state: PyTree | None = None
-                       ) -> jax.Array:
+                       inner_rules=None, model_state: PyTree | None = None,
+                       lr_tree=None) -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` SGD steps
   on each episode's support set (classification)."""
   return adaptation_curve(params, batch, model=model, kind="classification",
                           inner_lr=inner_lr, inner_steps=inner_steps,
-                          inner_rules=inner_rules,
-                          model_state=model_state)[1][:, -1]
+                          inner_rules=inner_rules, model_state=model_state,
+                          lr_tree=lr_tree)[1][:, -1]
+
+
+# ------------------------------------------------------------------ Meta-SGD
+def init_metasgd(params: PyTree, inner_lr: float) -> PyTree:
+  """``params`` with Meta-SGD's per-entry inner rates ``params['inner_lr']``
+  (a copy of the model's tree, every entry ``inner_lr``; Li et al. draw
+  them at random in a small range, a constant start is MAML's)."""
+  if "inner_lr" in params:
+    raise ValueError("params already hold an 'inner_lr' subtree")
+  return dict(params, inner_lr=jax.tree.map(
+      lambda p: jnp.full(jnp.shape(p), inner_lr, jnp.result_type(p)),
+      params))
+
+
+def split_metasgd(params: PyTree) -> tuple[PyTree, PyTree]:
+  """``(model parameters, per-entry inner rates)`` of a Meta-SGD tree."""
+  if "inner_lr" not in params:
+    raise ValueError("Meta-SGD parameters need an 'inner_lr' subtree; build "
+                     "them with init_metasgd(params, inner_lr).")
+  return {k: v for k, v in params.items() if k != "inner_lr"}, params[
+      "inner_lr"]
+
+
+def metasgd_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
+                 inner_steps: int = 1, first_order: bool = False,
+                 inner_rules=None, axis_name: str | None = None):
+  """The Meta-SGD meta-loss: :func:`maml_loss` with the inner step ``theta -
+  alpha * grad`` elementwise, ``alpha = params['inner_lr']`` (learned with
+  the rest: the meta-gradient reaches ``alpha`` through the adapted
+  parameters, also with ``first_order``, which only stops the gradient
+  through the inner gradients)."""
+  theta, alpha = split_metasgd(params)
+  return maml_loss(theta, state, batch, rng, model=model, kind=kind,
+                   inner_lr=1.0, inner_steps=inner_steps,
+                   first_order=first_order, inner_rules=inner_rules,
+                   axis_name=axis_name, lr_tree=alpha)
+
+
+def metasgd_episode_accuracies(params: PyTree, batch: dict, *,
+                               model: nn.Module, inner_steps: int = 1,
+                               inner_rules=None,
+                               model_state: PyTree | None = None
+                               ) -> jax.Array:
+  """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` Meta-SGD
+  steps with the learned rates."""
+  theta, alpha = split_metasgd(params)
+  return episode_accuracies(theta, batch, model=model, inner_lr=1.0,
+                            inner_steps=inner_steps, inner_rules=inner_rules,
+                            model_state=model_state, lr_tree=alpha)
 
 
 def joint_regression_loss(params, state, batch, rng, *, model: nn.Module,
@@ -220,11 +295,19 @@ def joint_regression_loss(params, state, batch, rng, *, model: nn.Module,
 
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
-              kind: str, joint: bool = False, **maml_kwargs):
+              kind: str, joint: bool = False, metasgd: bool = False,
+              **maml_kwargs):
   """The step of :func:`maml_loss` (``maml_kwargs``: ``inner_lr``,
-  ``inner_steps``, ``first_order``, ``inner_rules``), or with
-  ``joint=True`` of the jointly pretrained regression baseline
+  ``inner_steps``, ``first_order``, ``inner_rules``), with ``metasgd=True``
+  of :func:`metasgd_loss` (the same but ``inner_lr``, which is learned), or
+  with ``joint=True`` of the jointly pretrained regression baseline
   (:func:`joint_regression_loss`)."""
+  if metasgd:
+    if "inner_lr" in maml_kwargs:
+      raise ValueError("Meta-SGD learns its inner rates: set their start "
+                       "with init_metasgd(params, inner_lr), not inner_lr.")
+    return state_lib.loss_step(metasgd_loss, tx, model=model, kind=kind,
+                               **maml_kwargs)
   if joint:
     if kind != "regression" or maml_kwargs:
       raise ValueError("the joint baseline is a regression model with no "

@@ -16,7 +16,14 @@ maps inputs to vectors whose distances mean similarity:
   ``pmean`` gives exactly the global-batch gradient (tested). Under ``jit``
   over a mesh the step already sees the global batch.
 
-Both losses have the step shape; :func:`make_step` binds either:
+- The losses of current deep metric learning on the same class-balanced
+  batches, gathered the same way (:func:`batch_loss`): supervised
+  contrastive and NT-Xent, multi-similarity with its miner, and ArcFace,
+  CosFace and Proxy-Anchor, whose class matrix is the parameter
+  ``params['proxies']`` (:func:`init_proxies`) beside ``backbone`` and
+  ``head``.
+
+Every loss has the step shape; :func:`make_step` binds any of them:
 
   >>> import jax, optax
   >>> from tljax import models
@@ -25,8 +32,10 @@ Both losses have the step shape; :func:`make_step` binds either:
   >>> step = make_step(model, optax.adam(1e-3), loss='triplet',
   ...                  mining='semi_hard')
 
-Evaluation: :func:`recall_at_k` (k-NN retrieval, leave-one-out) and
-:func:`verification_auc` (same/different ROC-AUC over pairs). The
+Evaluation: :func:`recall_at_k` (k-NN retrieval, leave-one-out),
+:func:`map_at_r` (MAP@R and R-precision, Musgrave et al. 2020) and
+:func:`verification_auc` (same/different ROC-AUC over pairs), together in
+:func:`retrieval_report`. The
 experiment is :mod:`tljax.drivers.metric` (``experiments/metric.py``).
 """
 
@@ -82,20 +91,63 @@ def _embed(model, params, state, x, rng):
                             rng=rng)
 
 
+def _model_params(params: PyTree) -> PyTree:
+  """The embedding net's parameters: all but the loss's class matrix."""
+  return {k: v for k, v in params.items() if k != "proxies"}
+
+
+def batch_loss(params, state, batch, rng, *, model: nn.Module,
+               loss: str = "triplet", axis_name: str | None = None,
+               **loss_kwargs):
+  """Any loss of :data:`BATCH_LOSSES` on ``model``'s embeddings of
+  ``batch['x']`` (labels ``batch['y']``), over the global batch.
+
+  Under ``pmap`` (``axis_name``) the embeddings and labels of all devices
+  are gathered first, so that mining, the softmax denominators and the
+  proxies' sums see the whole batch; see the module docstring. The losses
+  with a class matrix (:data:`PROXY_LOSSES`) take it from
+  ``params['proxies']`` (:func:`init_proxies`), ``(classes, dim)``; their
+  labels must be ``0..classes-1``.
+  """
+  if loss not in BATCH_LOSSES:
+    raise ValueError(f"loss must be one of {sorted(BATCH_LOSSES)}, got "
+                     f"{loss!r}")
+  if loss in PROXY_LOSSES and "proxies" not in params:
+    raise ValueError(f"loss {loss!r} learns a class matrix: add "
+                     "params['proxies'] = init_proxies(...) to the "
+                     "parameters.")
+  emb, model_state = _embed(model, _model_params(params), state, batch["x"],
+                            rng)
+  labels = batch["y"]
+  if axis_name is not None:
+    emb = jax.lax.all_gather(emb, axis_name, tiled=True)
+    labels = jax.lax.all_gather(labels, axis_name, tiled=True)
+  fn = BATCH_LOSSES[loss]
+  if loss in PROXY_LOSSES:
+    value = fn(emb, labels, params["proxies"], **loss_kwargs)
+  else:
+    value = fn(emb, labels, **loss_kwargs)
+  return value, state_lib.loss_aux(
+      {"embedding_norm": jnp.linalg.norm(emb, axis=-1).mean()}, model_state)
+
+
 def triplet_loss(params, state, batch, rng, *, model: nn.Module,
                  margin: float = 0.2, mining: str = "all",
                  distance: str = "l2", axis_name: str | None = None):
   """Triplet loss of ``model``'s embeddings of ``batch['x']`` (labels
   ``batch['y']``), mined over the global batch; see the module docstring."""
-  emb, model_state = _embed(model, params, state, batch["x"], rng)
-  labels = batch["y"]
-  if axis_name is not None:
-    emb = jax.lax.all_gather(emb, axis_name, tiled=True)
-    labels = jax.lax.all_gather(labels, axis_name, tiled=True)
-  loss = losses.triplet_loss(emb, labels, margin=margin, mining=mining,
-                             distance=distance)
-  return loss, state_lib.loss_aux(
-      {"embedding_norm": jnp.linalg.norm(emb, axis=-1).mean()}, model_state)
+  return batch_loss(params, state, batch, rng, model=model, loss="triplet",
+                    axis_name=axis_name, margin=margin, mining=mining,
+                    distance=distance)
+
+
+def init_proxies(rng: jax.Array, num_classes: int, dim: int) -> jax.Array:
+  """A ``(num_classes, dim)`` class matrix with standard normal entries
+  (only the directions matter: every proxy loss normalises its rows)."""
+  if num_classes < 2 or dim < 1:
+    raise ValueError(f"a class matrix needs >= 2 classes and dim >= 1, got "
+                     f"{num_classes} classes, dim {dim}")
+  return jax.random.normal(rng, (num_classes, dim), jnp.float32)
 
 
 def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
@@ -123,17 +175,36 @@ def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
       {"dist_same": mean_d(same), "dist_diff": mean_d(~same)}, model_state)
 
 
-LOSSES = {"triplet": triplet_loss, "contrastive": contrastive_loss}
+# The losses of labelled (class-balanced) batches, by name: the pure
+# functions of tljax.losses over the global batch.
+BATCH_LOSSES = {
+    "triplet": losses.triplet_loss,
+    "supcon": losses.supcon_loss,
+    "ntxent": losses.ntxent_loss,
+    "multi_similarity": losses.multi_similarity_loss,
+    "arcface": losses.arcface_loss,
+    "cosface": losses.cosface_loss,
+    "proxy_anchor": losses.proxy_anchor_loss,
+}
+# Those that learn a class matrix params['proxies'].
+PROXY_LOSSES = ("arcface", "cosface", "proxy_anchor")
+LOSSES = tuple(BATCH_LOSSES) + ("contrastive",)
 
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
               loss: str = "triplet", **loss_kwargs):
-  """The step of :func:`triplet_loss` (``loss='triplet'``; ``margin``,
-  ``mining``, ``distance``) or :func:`contrastive_loss`
-  (``loss='contrastive'``; ``pos_margin``, ``neg_margin``, ``distance``)."""
+  """The step of ``loss``: :func:`contrastive_loss` on pair batches
+  (``pos_margin``, ``neg_margin``, ``distance``), or any of
+  :data:`BATCH_LOSSES` on labelled batches through :func:`batch_loss`
+  (``loss_kwargs`` are that loss's settings, e.g. ``margin``, ``mining``
+  for ``triplet``, ``temperature`` for ``supcon``)."""
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-  return state_lib.loss_step(LOSSES[loss], tx, model=model, **loss_kwargs)
+  if loss == "contrastive":
+    return state_lib.loss_step(contrastive_loss, tx, model=model,
+                               **loss_kwargs)
+  return state_lib.loss_step(batch_loss, tx, model=model, loss=loss,
+                             **loss_kwargs)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -153,6 +224,14 @@ def _check_eval_inputs(embeddings, labels, what: str):
   return e.astype(np.float32), y
 
 
+def _neighbours(e, distance):
+  """Every other example of each query, nearest first (``(n, n - 1)``;
+  ties in index order)."""
+  d = np.array(ops.pairwise_distances(jnp.asarray(e), kind=distance))
+  np.fill_diagonal(d, np.inf)
+  return np.argsort(d, axis=1, kind="stable")[:, :-1]
+
+
 def recall_at_k(embeddings, labels, ks: Sequence[int] = (1,), *,
                 distance: str = "l2") -> dict[str, float]:
   """Leave-one-out k-NN retrieval recall: the fraction of examples whose
@@ -164,11 +243,48 @@ def recall_at_k(embeddings, labels, ks: Sequence[int] = (1,), *,
   if any(not 1 <= k < n for k in ks):
     raise ValueError(f"recall_at_k: every k must be in [1, {n - 1}], got "
                      f"{list(ks)}")
-  d = np.array(ops.pairwise_distances(jnp.asarray(e), kind=distance))
-  np.fill_diagonal(d, np.inf)
-  order = np.argsort(d, axis=1, kind="stable")[:, :max(ks)]
-  hit = y[order] == y[:, None]
+  hit = y[_neighbours(e, distance)[:, :max(ks)]] == y[:, None]
   return {f"recall@{k}": float(hit[:, :k].any(1).mean()) for k in ks}
+
+
+def map_at_r(embeddings, labels, *, distance: str = "l2"
+             ) -> dict[str, float]:
+  """MAP@R and R-precision (Musgrave, Belongie & Lim 2020, "A Metric
+  Learning Reality Check"), exactly, leave-one-out.
+
+  For a query with ``R`` other examples of its class, take its ``R``
+  nearest other examples; ``rel_k`` is 1 if the ``k``-th is of its class.
+  R-precision is ``sum_k rel_k / R``; MAP@R is ``1/R sum_{k<=R} rel_k
+  P@k`` with ``P@k`` the precision of the first ``k``. Both are averaged
+  over the queries with ``R >= 1`` (a class of one example has nothing to
+  retrieve), as pytorch-metric-learning's ``AccuracyCalculator`` does. Ties
+  in distance go to the lower index.
+
+    >>> import numpy as np
+    >>> e = np.array([[0.], [1.], [2.5], [3.]])
+    >>> # Queries 0, 1, 3 (R = 2; 2 is alone): hits [1, 0], [1, 0], [0, 1].
+    >>> map_at_r(e, np.array([0, 0, 1, 0]))
+    {'map@r': 0.4166666666666667, 'r_precision': 0.5}
+
+  Returns:
+    ``{"map@r": ..., "r_precision": ...}``.
+
+  Raises:
+    ValueError: on bad shapes, non-finite embeddings, or when no class has
+      two examples.
+  """
+  e, y = _check_eval_inputs(embeddings, labels, "map_at_r")
+  r = (y[:, None] == y[None, :]).sum(1) - 1
+  if not np.any(r > 0):
+    raise ValueError("map_at_r: every class has one example; give several "
+                     "examples of some class to retrieve.")
+  rel = (y[_neighbours(e, distance)] == y[:, None])[r > 0]
+  r = r[r > 0]
+  within = np.arange(1, rel.shape[1] + 1)[None, :] <= r[:, None]
+  rel = rel & within
+  precision = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+  return {"map@r": float(np.mean(np.sum(precision * rel, 1) / r)),
+          "r_precision": float(np.mean(rel.sum(1) / r))}
 
 
 def verification_auc(embeddings, labels, *, distance: str = "l2",
@@ -194,12 +310,21 @@ def verification_auc(embeddings, labels, *, distance: str = "l2",
 def evaluate(model: nn.Module, params: PyTree, dataset, *,
              ks: Sequence[int] = (1, 5), distance: str = "l2",
              model_state: PyTree | None = None) -> dict[str, float]:
-  """Recall@k and verification AUC of ``model``'s embeddings on
-  ``dataset`` (held-out classes)."""
+  """Recall@k, MAP@R, R-precision and verification AUC of ``model``'s
+  embeddings on ``dataset`` (held-out classes)."""
   dataset.require_labels(int(dataset.y.max()) + 1)
-  emb = evaluation.predict(model, params, dataset.x, model_state=model_state)
-  out = recall_at_k(emb, dataset.y, ks, distance=distance)
-  out["auc"] = verification_auc(emb, dataset.y, distance=distance)
+  emb = evaluation.predict(model, _model_params(params), dataset.x,
+                           model_state=model_state)
+  return retrieval_report(emb, dataset.y, ks, distance=distance)
+
+
+def retrieval_report(embeddings, labels, ks: Sequence[int] = (1, 5), *,
+                     distance: str = "l2") -> dict[str, float]:
+  """:func:`recall_at_k`, :func:`map_at_r` and :func:`verification_auc` in
+  one dict."""
+  out = recall_at_k(embeddings, labels, ks, distance=distance)
+  out.update(map_at_r(embeddings, labels, distance=distance))
+  out["auc"] = verification_auc(embeddings, labels, distance=distance)
   return out
 
 
@@ -207,7 +332,4 @@ def raw_input_baseline(dataset, *, ks: Sequence[int] = (1, 5)
                        ) -> dict[str, float]:
   """The same metrics on flattened raw inputs (l2), the no-learning
   baseline."""
-  x = dataset.x.reshape(len(dataset), -1)
-  out = recall_at_k(x, dataset.y, ks)
-  out["auc"] = verification_auc(x, dataset.y)
-  return out
+  return retrieval_report(dataset.x.reshape(len(dataset), -1), dataset.y, ks)

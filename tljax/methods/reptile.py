@@ -1,0 +1,81 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning
+Algorithms"): a first-order meta-learner that moves the initialisation
+towards the parameters each task's SGD reaches.
+
+For each task of a meta-batch (``jax.vmap``, as MAML), ``inner_steps`` plain
+SGD steps on the task's support set from the shared initialisation
+``theta`` give ``phi_i`` (:func:`tljax.methods.maml.inner_adapt`); the
+batched Reptile update (their algorithm 2) is
+
+    theta <- theta + epsilon * (mean_i phi_i - theta).
+
+In the step shape this is the gradient of the surrogate ``1/2 ||theta -
+stop_gradient(mean_i phi_i)||^2``, which is ``theta - mean_i phi_i``: with
+``optax.sgd(epsilon)`` the step is exactly Reptile's update, and any other
+optax optimizer uses ``theta - phi`` as its gradient (Nichol et al. also
+feed it to Adam). No gradient flows through the inner loop. The reported
+``loss`` is that surrogate; ``query_loss`` and (classification)
+``accuracy`` are on each task's query set after adaptation. At test time
+the initialisation is fine-tuned as MAML's is
+(:func:`tljax.methods.maml.episode_accuracies`).
+
+  >>> import jax, optax, flax.linen as nn
+  >>> model = nn.Dense(1)
+  >>> step = make_step(model, optax.sgd(1.0), kind='regression',
+  ...                  inner_lr=0.02, inner_steps=5)
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from tljax import losses
+from tljax.data import episodes
+from tljax.methods import maml
+from tljax.train import state as state_lib
+
+
+def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
+                 inner_lr=0.01, inner_steps: int | None = 5,
+                 inner_rules=None, axis_name: str | None = None):
+  """The Reptile surrogate of a meta-batch (leading task axis), whose
+  gradient in ``params`` is ``params - mean_i phi_i``; see the module
+  docstring. Tasks are independent, so ``train_step``'s ``pmean`` over
+  equal device shares of tasks averages ``phi`` over the global
+  meta-batch."""
+  del rng, axis_name
+  ms = state_lib.model_state_of(state)
+  theta = jax.lax.stop_gradient(params)
+
+  def one(task):
+    phi = maml.inner_adapt(theta, task["support_x"], task["support_y"],
+                           model=model, kind=kind, inner_lr=inner_lr,
+                           inner_steps=inner_steps, first_order=True,
+                           inner_rules=inner_rules, model_state=ms)
+    out = maml.apply_on_task(model, phi, ms, task["query_x"])
+    acc = (losses.accuracy(out, task["query_y"]) if kind == "classification"
+           else jnp.zeros(()))
+    return phi, maml.task_loss(kind, out, task["query_y"]), acc
+
+  phi, query_loss, acc = jax.vmap(one)(episodes.task_arrays(batch))
+  target = jax.tree.map(lambda p: p.mean(0), phi)
+  surrogate = 0.5 * sum(jnp.sum(jnp.square(p - t)) for p, t in zip(
+      jax.tree.leaves(params), jax.tree.leaves(target)))
+  metrics = {"query_loss": query_loss.mean()}
+  if kind == "classification":
+    metrics["accuracy"] = acc.mean()
+  return surrogate, metrics
+
+
+def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
+              kind: str, inner_lr=0.01, inner_steps: int | None = 5,
+              inner_rules=None):
+  """The Reptile step: :func:`reptile_loss` under ``tx`` (``optax.sgd(
+  epsilon)`` for the paper's update)."""
+  maml.check_config(kind, inner_steps, inner_lr)
+  return state_lib.loss_step(reptile_loss, tx, model=model, kind=kind,
+                             inner_lr=inner_lr, inner_steps=inner_steps,
+                             inner_rules=inner_rules)
