@@ -2,10 +2,22 @@
 
 Four CPU devices are configured once, before any JAX computation runs, so
 that mesh, pmap and multi-device tests run on this 2-core machine.
+
+Compiled programs go to JAX's persistent compilation cache, shared by the
+xdist workers and by the experiment binaries the tests start as
+subprocesses (they inherit the environment): many tests compile the same
+steps (the same quick configs, the same binary started again after a
+kill), and compiling is most of a small test's time. Entries are keyed by
+the program, the JAX version and the flags, so a stale entry is never used.
 """
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"tljax-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
