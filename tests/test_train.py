@@ -123,10 +123,11 @@ def test_step_compiles_once():
     s, _ = jitted(s, b, jax.random.key(0))
 
 
-def _fit(workdir, num_steps, **kw):
+def _fit(workdir, num_steps, steps_per_call=1, **kw):
   _, state0, step = _setup()
   data = _data()
-  return trainer_lib.Trainer(step, parallel="single").fit(
+  return trainer_lib.Trainer(step, parallel="single",
+                             steps_per_call=steps_per_call).fit(
       state0, lambda start: data_lib.batches(data, 16, seed=1,
                                              start_step=start),
       num_steps=num_steps, rng=jax.random.key(0), workdir=workdir,
@@ -182,6 +183,35 @@ def test_nan_stops_with_the_step(tmp_path):
     trainer_lib.Trainer(step, parallel="single").fit(
         state0, batches, num_steps=8, rng=jax.random.key(0), log_every=3,
         workdir=str(tmp_path), checkpoint_every=2)
+
+
+def test_steps_per_call_runs_the_same_steps_and_records(tmp_path):
+  one, last1 = _fit(str(tmp_path / "one"), 7, checkpoint_every=5)
+  many, last3 = _fit(str(tmp_path / "three"), 7, steps_per_call=3,
+                     checkpoint_every=5)
+  chex.assert_trees_all_close(many.params, one.params, atol=1e-5)
+  assert int(many.step) == 7
+  np.testing.assert_allclose(last3["loss"], last1["loss"], rtol=1e-5)
+  for d in ("one", "three"):
+    assert sorted(os.listdir(tmp_path / d / "checkpoints")) == ["5", "7"]
+    rows = workdir_lib.read_jsonl(str(tmp_path / d / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [2, 4, 6, 7]
+  # resuming from the step-5 checkpoint with 3 steps per call
+  (tmp_path / "three" / "checkpoints" / "7").rename(tmp_path / "gone")
+  resumed, _ = _fit(str(tmp_path / "three"), 7, steps_per_call=3)
+  chex.assert_trees_all_close(resumed.params, one.params, atol=1e-5)
+  _, state0, step = _setup()
+  data = _data()
+
+  def batches(start):
+    for i, b in enumerate(data_lib.batches(data, 16, start_step=start)):
+      yield dict(b, x=np.full_like(b["x"], np.nan)) if start + i == 4 else b
+
+  with pytest.raises(trainer_lib.TrainingDiverged, match="at step 5"):
+    trainer_lib.Trainer(step, parallel="single", steps_per_call=4).fit(
+        state0, batches, num_steps=8, rng=jax.random.key(0), log_every=8)
+  with pytest.raises(ValueError, match="steps_per_call must be >= 1"):
+    trainer_lib.Trainer(step, steps_per_call=0)
 
 
 def test_params_roundtrip(tmp_path):

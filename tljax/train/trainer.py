@@ -99,13 +99,23 @@ class Trainer:
     parallel: ``auto``, ``single``, ``mesh`` or ``pmap``.
     devices: the devices to use (default all).
     scan: lean runs as one ``lax.scan`` over all their steps.
+    steps_per_call: full runs (:meth:`fit`) run this many steps per
+      compiled call (one ``lax.scan``, its batches stacked on the host and
+      placed at once), which saves the per-call overhead of small models
+      (``benchmarks/speed.py``); progress lines, evals, checkpoints,
+      preemption and the NaN check still happen at the same steps, and the
+      NaN check names the exact step. XLA:CPU runs convolutions inside a
+      loop body slower than at top level, so keep 1 for CNNs there.
   """
 
   def __init__(self, step: Callable, tx: optax.GradientTransformation | None
                = None, *, parallel: str = "auto", devices=None,
-               scan: bool = False):
+               scan: bool = False, steps_per_call: int = 1):
+    if steps_per_call < 1:
+      raise ValueError(f"steps_per_call must be >= 1, got {steps_per_call}")
     self.tx = tx
     self.scan = scan
+    self.steps_per_call = int(steps_per_call)
     self.compiled = parallel_lib.compile_step(step, parallel, devices=devices)
 
   @property
@@ -264,7 +274,12 @@ class Trainer:
     t0 = time.perf_counter()
 
     def flush(done):
-      fetched = [(s, c.metrics(m)) for s, m in pending]
+      host = {}   # one device-to-host copy per call, k steps at a time
+      fetched = []
+      for s, m, i in pending:
+        h = host.setdefault(id(m), c.metrics(m))
+        fetched.append((s, h if i is None else {key: v[i]
+                                                for key, v in h.items()}))
       pending.clear()
       try:
         check_finite(fetched)
@@ -275,10 +290,28 @@ class Trainer:
           record(s, "train", m)
       return dict(fetched[-1][1]) if fetched else {}
 
-    for step in range(start, num_steps):
-      state, metrics = c(state, c.put_batch(next(it)), rng)
-      pending.append((step + 1, metrics))
-      done = step + 1
+    k = self.steps_per_call
+    done = start
+    while done < num_steps:
+      if k == 1:
+        state, metrics = c(state, c.put_batch(next(it)), rng)
+        pending.append((done + 1, metrics, None))
+        done += 1
+      else:
+        # A call runs k steps, cut short at the next step where something
+        # happens (a progress line, an eval, a checkpoint, the end), so that
+        # everything below still happens at exactly the steps it would.
+        n = min(k, num_steps - done, every - done % every)
+        if eval_fn is not None and eval_every:
+          n = min(n, eval_every - done % eval_every)
+        if ckpt is not None and checkpoint_every:
+          n = min(n, checkpoint_every - done % checkpoint_every)
+        chunk = [next(it) for _ in range(n)]
+        stacked = {key: np.stack([np.asarray(b[key]) for b in chunk])
+                   for key in chunk[0]}
+        state, metrics = c.run(state, c.put_batches(stacked), rng, scan=True)
+        pending.extend((done + i + 1, metrics, i) for i in range(n))
+        done += n
       is_last = done == num_steps
       if done % every == 0 or is_last:
         last = flush(done)
