@@ -14,6 +14,22 @@ optionally x_test, y_test):
 
 Smoke test (seconds): --config=experiments/configs/transfer_report.py:quick
 
+Any image folder (<root>/<class>/*.jpg, or train/ and test/ trees of
+them) with a pretrained backbone, e.g. torchvision's ImageNet ResNet-50
+(BUILD.md says how to get the .safetensors file):
+
+  python experiments/transfer_report.py --workdir=/tmp/tljax/cub \
+      --config=experiments/configs/transfer_report.py:folder \
+      --config.target=folder:/data/CUB_200_2011/images \
+      --config.init_from=/data/weights/resnet50.safetensors
+
+fine-tunes ResNet-50 at 224x224 (random resized crops and flips, decoded
+as batches are drawn; ?size=... on the spec for another size) with SGD
+momentum and compares scratch, a linear probe on cached features,
+freezing the first stages, full fine-tuning and L2-SP at 5, 20 and all
+labels per class over 2 seeds (no source data: source_only and LwF,
+which need a source task, are left out).
+
 Measured on the 2-core CPU (docs/results_finetune.md has the full table):
 2.3 min wall (94 s CPU) with other jobs on the same cores; best strategy per
 budget: 1 label/class source_only 33.0%, 5 linear_probe 33.7 ± 1.0%,
@@ -50,10 +66,13 @@ from tljax import models
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   args = set(arg.split(",")) - {""}
-  if args - {"quick", "candidates"}:
+  if args - {"quick", "candidates", "folder"} or {"candidates",
+                                                  "folder"} <= args:
     raise ValueError(f"unknown config argument {arg!r}; use quick (a "
                      "seconds-long smoke run), candidates (rank candidate "
-                     "sources), both (candidates,quick) or nothing")
+                     "sources), folder (an image folder and a pretrained "
+                     "backbone), either with quick (candidates,quick) or "
+                     "nothing")
   c = ml_collections.ConfigDict()
   c.source = "mnist1d:clean"
   c.target = "mnist1d:noisy"
@@ -112,7 +131,27 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.update(strategies=("linear_probe", "finetune"), budgets=(5, 20, 0),
              num_seeds=2, num_steps=300)
 
-  if "quick" in args:              # seconds: a small MLP, few steps
+  if "folder" in args:
+    # An image folder target, a pretrained backbone and no source data.
+    c.source = ""
+    c.target = ""                  # folder:<root>[?size=224&...]
+    c.init_from = ""               # pretrained backbone (.safetensors, ...)
+    c.model.name = "resnet50"
+    c.strategies = ("scratch", "linear_probe", "freeze_first", "finetune",
+                    "l2_sp")
+    c.budgets = (5, 20, 0)
+    c.update(num_seeds=2, num_steps=2000, batch_size=32)
+    # Fine-tuning a pretrained ResNet: SGD with momentum (Kornblith et
+    # al., 2019; TLlib's fine-tuning uses lr 0.01).
+    c.optim.name = "momentum"
+    c.optim.learning_rate = 0.01
+    c.freeze_layers = 3            # stem, stage_1, stage_2
+
+  if "quick" in args and "folder" in args:
+    c.update(num_seeds=1, budgets=(2,), num_steps=2, batch_size=4,
+             eval_examples=0)
+    c.model.resnet.width = 4
+  elif "quick" in args:            # seconds: a small MLP, few steps
     c.model.name = "mlp"
     c.model.mlp.features = (32, 32)
     c.pretrain.update(num_steps=10, batch_size=16, eval_every=0,

@@ -66,7 +66,9 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
   """Infinite iterator of this process's part of each global batch.
 
   Args:
-    arrays: same-length arrays, e.g. ``{'x': x, 'y': y}``.
+    arrays: same-length arrays, e.g. ``{'x': x, 'y': y}``; an image array
+      (:class:`tljax.data.images.ImageArray`) is decoded with training
+      augmentation drawn from ``(seed, step)``.
     batch_size: the global batch size (over all processes).
     seed: shuffling seed.
     start_step: the step of the first batch (for resuming).
@@ -76,6 +78,16 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
   local_batch_indices(n, batch_size, start_step, seed,
                       process_index=process_index,
                       process_count=process_count)  # checks, before yielding
+  from tljax.data import images  # pylint: disable=g-import-not-at-top
+  if images.is_lazy(arrays):
+    # Images decoded and augmented per batch, by grain's reader threads.
+    yield from images.batches(
+        arrays, batch_size, seed=seed, start_step=start_step,
+        process_index=(jax.process_index() if process_index is None
+                       else process_index),
+        process_count=(jax.process_count() if process_count is None
+                       else process_count))
+    return
   step = start_step
   while True:
     idx = local_batch_indices(n, batch_size, step, seed,

@@ -6,6 +6,8 @@
     load("moons:30")                 # two moons rotated by 30 degrees
     load("npz:/path/to/target.npz")  # your arrays: x, y (y optional)
     load("tfds:mnist")               # a prepared TensorFlow Datasets set
+    load("folder:/data/office31/amazon")  # <root>/<class>/*.jpg images
+    load("tfds:imagenette?size=160")      # tfds images, decoded lazily
 
 Every source returns a :class:`Dataset` of numpy arrays: ``x`` float32 with
 the example axis first (images NHWC), ``y`` int32 labels or ``None``, and
@@ -15,6 +17,12 @@ are, which picks the default backbone). An npz file may say its own with a
 feature vectors, (n, length, channels) signals, (n, h, w, c) images.
 Embedded sources (mnist1d, digits, moons) need no network; they are
 generated with fixed seeds, so a spec names the same data everywhere.
+
+Image folders and tfds specs with image options after ``?`` are read
+lazily: ``x`` is a :class:`tljax.data.images.ImageArray`, decoded as it is
+indexed and augmented as training batches are drawn; see
+:mod:`tljax.data.images` for the layout, the options (``size``,
+``resize``, ``fit``, ``min_scale``, ``test``) and the transforms.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Dataset:
   num_classes: int | None
   name: str
   modality: str | None = None  # image | signal | vector; None: unknown
+  class_names: tuple[str, ...] | None = None  # image folders: class folders
 
   def __post_init__(self):
     if self.modality is None:
@@ -298,6 +307,7 @@ def _npz(path: str, split: str, name: str) -> tuple:
 def _tfds(arg: str, split: str, name: str, data_dir: str | None,
           image_key: str = "image", label_key: str = "label") -> tuple:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  arg, lazy, options = arg.partition("?")
   parts = arg.split(":")
   ds_name = parts[0]
   if not ds_name:
@@ -328,6 +338,17 @@ def _tfds(arg: str, split: str, name: str, data_dir: str | None,
   if image_key not in first:
     raise ValueError(f"data set {name!r}: examples have keys {sorted(first)}, "
                      f"no {image_key!r}")
+  if lazy:
+    # Labels now (one pass over the records), images decoded on use; the
+    # pass costs one read of the split, its images are not kept.
+    from tljax.data import images  # pylint: disable=g-import-not-at-top
+    x = images.tfds_images(source, image_key, name, options)
+    y = num_classes = None
+    if label_key in first:
+      y = np.asarray([int(source[i][label_key]) for i in range(n)], np.int32)
+      feat = builder.info.features[label_key]
+      num_classes = int(getattr(feat, "num_classes", int(y.max()) + 1))
+    return x, y, num_classes
   x = np.stack([np.asarray(source[i][image_key]) for i in range(n)])
   x = x.astype(np.float32)
   if np.issubdtype(np.asarray(first[image_key]).dtype, np.integer):
@@ -391,7 +412,9 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
 
   Args:
     spec: ``mnist1d[:preset]``, ``digits[:preset]``, ``moons[:angle]``,
-      ``npz:<path>`` or ``tfds:<name>[:<train split>[:<test split>]]``.
+      ``npz:<path>``, ``tfds:<name>[:<train split>[:<test split>]]`` or
+      ``folder:<root>``; image options after ``?``
+      (:mod:`tljax.data.images`).
     split: ``train`` or ``test``.
     seed: seed for the label budget and example subsets.
     labels_per_class: keep this many labelled examples of each class (the
@@ -416,6 +439,7 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
   kind, _, arg = spec.partition(":")
   key = "" if split == "train" else "_test"
   modality = None  # None: from the shape
+  class_names = None
   if kind == "mnist1d":
     d = _mnist1d(arg or "clean")
     x, y, num_classes, modality = d["x" + key], d["y" + key], 10, "signal"
@@ -430,11 +454,18 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
   elif kind == "tfds":
     x, y, num_classes = _tfds(arg, split, spec,
                               data_dir or os.environ.get("TFDS_DATA_DIR"))
+  elif kind == "folder":
+    from tljax.data import images  # pylint: disable=g-import-not-at-top
+    x, y, num_classes, class_names = images.folder(arg, split, spec)
   else:
     raise ValueError(f"unknown data source {kind!r} in spec {spec!r}; use "
                      "mnist1d[:preset], digits[:preset], moons[:angle], "
-                     "npz:<path> or tfds:<name>")
-  if not np.all(np.isfinite(x)):
+                     "npz:<path>, tfds:<name> or folder:<root>")
+  lazy = None
+  if not isinstance(x, np.ndarray):
+    # Lazy images: select on their indices, decode nothing here.
+    lazy, x, modality = x, np.arange(len(x)), "image"
+  elif not np.all(np.isfinite(x)):
     raise ValueError(f"data set {spec!r} ({split}): x contains NaN or Inf; "
                      "clean or impute the data first.")
   x, y, num_classes = _subset(
@@ -442,8 +473,12 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
       num_examples=num_examples, seed=seed, relabel=relabel, name=spec)
   if len(x) == 0:
     raise ValueError(f"data set {spec!r} ({split}) is empty after selection")
+  if lazy is not None:
+    x = lazy.take(x)
+  if class_names is not None and classes is not None and relabel:
+    class_names = tuple(class_names[c] for c in classes)
   return Dataset(x=x, y=y, num_classes=num_classes, name=spec,
-                 modality=modality)
+                 modality=modality, class_names=class_names)
 
 
 # ---------------------------------------------------- class descriptions

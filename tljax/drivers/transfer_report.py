@@ -23,6 +23,14 @@ gradual         gradual unfreezing from the top (ULMFiT), not in the default
 source_only     the source model as it is (only if the label sets agree)
 ==============  ==============================================================
 
+With ``source`` empty, the source model is a pretrained backbone alone
+(``init_from``: a tljax params directory or a torchvision / timm
+``.safetensors`` file) under a new head: ``source_only`` and ``lwf`` need
+a source task and are not run. On image folders (``folder:<root>``,
+:mod:`tljax.data.images`) each run's batches are decoded and augmented as
+they are drawn (the same examples at each step as for arrays); features
+for the linear probe and accuracies use the evaluation transform.
+
 Transferred strategies get a new, randomly initialised head (the general
 case: the target's classes may differ); with ``head_from_source=True`` and
 the same classes in both domains, they start from the source head instead
@@ -120,6 +128,7 @@ class _Runner:
     self.trainers = trainers or common.Trainers(
         config, batch_size=config.batch_size, num_steps=config.num_steps)
     self._gradual: dict[int, Any] = {}
+    self._streamed: dict[str, Any] = {}
 
   def _tx(self, params, lr_rules=None):
     o = self.c.optim
@@ -134,8 +143,27 @@ class _Runner:
       return finetune.make_step(self.model, tx, loss=loss,
                                 freeze_bn=self.c.get("freeze_bn", False),
                                 **loss_kwargs), tx
+    if data_lib.images.is_lazy(train.arrays()):
+      return self._stream(name, build, params, model_state, train, seed,
+                          extra)
     return self.trainers.train(name, build, params, train.arrays(), seed,
                                extra=extra, model_state=model_state)
+
+  def _stream(self, name, build, params, model_state, train, seed, extra):
+    """:meth:`_train` on images decoded and augmented batch by batch (an
+    image folder): the same steps and batches of the same examples as the
+    stacked run, streamed through :func:`tljax.data.batches`."""
+    if name not in self._streamed:
+      step, tx = build()
+      self._streamed[name] = common.trainer(step, tx, self.c)
+    t, c = self._streamed[name], self.c
+    state, _ = t.fit(
+        t.init_state(params, extra=extra, model_state=model_state),
+        lambda start: data_lib.batches(train.arrays(), c.batch_size,
+                                       seed=seed, start_step=start),
+        num_steps=c.num_steps, rng=jax.random.key(seed),
+        log_every=c.num_steps, name=name)
+    return state
 
   def _accuracy(self, state):
     return evaluation.accuracy(self.model, finetune.target_params(state.params),
@@ -223,6 +251,21 @@ def _check(config, source, target, model):
                      "False to give the target a new head.")
 
 
+def _check_pretrained_only(config):
+  """Without source data, the source is a pretrained backbone alone."""
+  if not config.init_from:
+    raise ValueError("source is empty, so the backbone must come pretrained: "
+                     "give --config.init_from=<checkpoint> (a tljax params "
+                     "directory or a torchvision .safetensors file), or a "
+                     "source data spec to pretrain on.")
+  bad = [s for s in ("lwf",) if s in config.strategies]
+  if bad or config.head_from_source:
+    raise ValueError(f"without source data there is no source head, which "
+                     f"{'lwf' if bad else 'head_from_source'} needs; drop "
+                     "lwf from strategies and set head_from_source=False, or "
+                     "give a source data spec.")
+
+
 def _check_freeze(config, model):
   num_layers = model.backbone.num_layers
   if ("freeze_first" in config.strategies
@@ -268,20 +311,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
   c = config
   if c.get("candidates"):
     return _rank_candidates(c, workdir, t0)
-  source = common.load(c, c.source).require_labels()
+  if not c.source:
+    _check_pretrained_only(c)
+  source = common.load(c, c.source).require_labels() if c.source else None
   target, test = _target(c)
-  shape = source.example_shape
-  model_src = models.build_classifier(c.model, source.num_classes, shape,
-                                      source.modality)
+  shape = target.example_shape
+  # No source data: the source model is the pretrained backbone of
+  # init_from under a new head for the target's classes.
+  model_src = models.build_classifier(
+      c.model, (source or target).num_classes, shape, target.modality)
   model = models.build_classifier(c.model, target.num_classes, shape,
                                   target.modality)
-  _check(c, source, target, model)
+  _check(c, source or target, target, model)
   strategies = list(c.strategies)
   budgets = [int(b) for b in c.budgets]
-  source_params, source_state, src_metrics = common.source_params(
-      c.pretrain, init_from=c.init_from, source=c.source, seed=c.seed,
-      data_dir=c.data_dir, model_config=c.model, model=model_src,
-      example_shape=shape, workdir=os.path.join(workdir, "source"))
+  if source is None:
+    init, init_state = models.init_variables(model_src, shape, c.seed)
+    source_params, source_state = common.load_into(
+        c.init_from, init, ("head/.*",), model_state=init_state)
+    src_metrics = {}
+    workdir_lib.say(f"backbone loaded from {c.init_from} (no source data)")
+  else:
+    source_params, source_state, src_metrics = common.source_params(
+        c.pretrain, init_from=c.init_from, source=c.source, seed=c.seed,
+        data_dir=c.data_dir, model_config=c.model, model=model_src,
+        example_shape=shape, workdir=os.path.join(workdir, "source"))
   t_cache = time.time()
   cache = common.feature_cache(model_src, source_params, target.x,
                                workdir=workdir, name="target_train",
@@ -306,7 +360,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   names = [common.budget_name(b) for b in budgets]
   table_strategies = list(strategies)
   source_only = None
-  if model_src.num_classes == target.num_classes:
+  if source is not None and model_src.num_classes == target.num_classes:
     source_only = evaluation.accuracy(model_src, source_params, test,
                                       model_state=source_state)
     results["source_only"] = {k: common.summarize([source_only])
@@ -319,11 +373,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       os.path.join(workdir, "accuracy_vs_labels.png"), results, names,
       table_strategies,
       [b if b > 0 else len(target) / target.num_classes for b in budgets],
-      title=f"{c.source} -> {c.target}, {c.num_seeds} seeds")
+      title=f"{c.source or c.init_from} -> {c.target}, {c.num_seeds} seeds")
   head = ("heads start from the source head" if c.head_from_source
           else "new heads")
   lines = [f"Target test accuracy (%), mean ± std over {c.num_seeds} seeds; "
-           f"source {c.source}, target {c.target}; {head}; {c.num_steps} "
+           f"source {c.source or 'the pretrained ' + c.init_from}, target "
+           f"{c.target}; {head}; {c.num_steps} "
            f"steps per run; best per budget in bold.", "", table, ""]
   for k in names:
     tie = (f" (within one std: {', '.join(close[k])})" if close[k] else "")
