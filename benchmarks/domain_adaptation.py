@@ -2,6 +2,7 @@ r"""Domain adaptation accuracy: source-only, each method, target-supervised.
 
   nice python benchmarks/domain_adaptation.py [--seeds=0,1,2] \
       [--pairs=moons,mnist1d,digits] [--methods=...] [--steps=1000] \
+      [--num_examples=100] [--set=bottleneck_dim=32,optim.name="sgd"] \
       [--out=docs/results_domain_adaptation.md] [--workdir=DIR]
 
 Runs ``experiments/adapt.py``'s ``train_and_evaluate`` for every method on
@@ -41,11 +42,27 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
 import numpy as np  # noqa: E402
 
-METHODS = ("source_only", "dann", "mmd", "coral", "kmm", "tca",
-           "target_supervised")
+METHODS = ("source_only", "dann", "cdan", "cdan_e", "mmd", "coral", "mcc",
+           "adda", "self_training", "kmm", "tca", "target_supervised")
 PAIR_NAMES = {"moons": "moons -> moons:30", "mnist1d":
               "mnist1d:clean -> mnist1d:noisy",
               "digits": "digits:clean -> digits:rotated"}
+
+
+def _settings(text: str):
+  """``[(key, value), ...]`` from ``a.b=1,c="x"`` (JSON values; a bare
+  word is a string)."""
+  out = []
+  for item in filter(None, text.split(",")):
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set entries are key=value, got {item!r}")
+    try:
+      value = json.loads(raw)
+    except json.JSONDecodeError:
+      value = raw
+    out.append((key.strip(), value))
+  return out
 
 
 def _fmt(vals):
@@ -72,11 +89,20 @@ def run_all(args):
         config.checkpoint_every = 0
         if args.steps > 0:
           config.num_steps = args.steps
+          config.adda.pretrain_steps = args.steps
+        if args.num_examples > 0:
+          config.num_examples = args.num_examples
+        for key, value in _settings(args.set):
+          node = config
+          for part in key.split(".")[:-1]:
+            node = node[part]
+          node[key.split(".")[-1]] = value
         config.eval_every = config.num_steps
         config.log_every = config.num_steps
         wd = os.path.join(args.workdir, pair, method, f"seed{seed}")
         t0 = time.time()
-        m = adapt.train_and_evaluate(config, wd)
+        m = dict(adapt.train_and_evaluate(config, wd))
+        m.setdefault("wall_seconds", time.time() - t0)
         results.setdefault((pair, method), []).append(m)
         print(f"{pair:8s} {method:18s} seed {seed}  target_accuracy "
               f"{m['target_accuracy']:.3f}  ({time.time() - t0:.1f}s)",
@@ -114,6 +140,16 @@ def tables(results, seeds, pairs, methods, total, command):
       cells = [_fmt([r[key] for r in results[(p, "tca")]])
                if (p, "tca") in results else "" for p in pairs]
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "Wall time per run (s, mean over seeds; training, "
+            "evaluation and start-up):", "", head,
+            "|---" * (len(pairs) + 1) + "|"]
+  for method in methods:
+    cells = []
+    for pair in pairs:
+      rs = results.get((pair, method))
+      cells.append(f"{np.mean([r['wall_seconds'] for r in rs]):.0f}"
+                   if rs else "")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
   lines += ["", "Linear-probe domain accuracy on the learned features (%; a "
             "logistic regression telling source from target test features, "
             "held out; 50 = indistinguishable):", "", head,
@@ -260,6 +296,11 @@ def main():
   ap.add_argument("--methods", default=",".join(METHODS))
   ap.add_argument("--steps", type=int, default=0,
                   help="train steps (0: the config's per-pair default)")
+  ap.add_argument("--num_examples", type=int, default=0,
+                  help="train examples per domain (0: the config's)")
+  ap.add_argument("--set", default="",
+                  help="config overrides for every run, comma-separated "
+                  "key=value with JSON values (bottleneck_dim=32)")
   ap.add_argument("--workdir", default="",
                   help="where each run keeps its workdir (default: a new "
                   "temporary directory)")

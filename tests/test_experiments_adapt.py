@@ -46,10 +46,16 @@ def test_dann_quick_on_a_device_mesh_writes_results_history_and_plot(
 
 
 @pytest.mark.parametrize("method", ["source_only", "target_supervised", "mmd",
-                                    "coral", "kmm", "tca"])
+                                    "coral", "kmm", "tca", "cdan_e", "mcc",
+                                    "self_training", "adda"])
 def test_each_method_quick(tmp_path, method):
   wd = str(tmp_path / method)
-  m = adapt.train_and_evaluate(_quick(method), wd)
+  # the new methods with the bottleneck (BatchNorm state), CDAN+E with the
+  # randomized map and the domain classifier at 10x the rate
+  overrides = ({"bottleneck_dim": 8, "disc_lr_mult": 10.0,
+                "cdan": {"max_dim": 8, "random_dim": 16}}
+               if method in ("cdan_e", "mcc", "self_training", "adda") else {})
+  m = adapt.train_and_evaluate(_quick(method, **overrides), wd)
   got = _results(wd)["metrics"]
   assert 0.0 <= got["target_accuracy"] <= 1.0
   assert got["target_accuracy"] == m["target_accuracy"]
@@ -58,8 +64,15 @@ def test_each_method_quick(tmp_path, method):
   if method == "tca":
     assert {"target_accuracy_1nn", "target_accuracy_logreg",
             "raw_target_accuracy_1nn"} <= set(got)
-  if method in ("mmd", "coral"):
+  if method in ("mmd", "coral", "mcc", "self_training"):
     assert got["align_loss"] >= 0.0
+  if method in ("cdan_e", "adda"):
+    assert 0.0 <= got["domain_accuracy"] <= 1.0
+  if method == "self_training":
+    assert 0.0 <= got["pseudo_label_fraction"] <= 1.0
+  if method == "adda":
+    # two phases: source pretraining, then the adversarial one
+    assert os.path.exists(os.path.join(wd, "metrics_pretrain.jsonl"))
 
 
 def _write(path, x, y=None):
@@ -95,8 +108,12 @@ def test_users_own_npz_files_and_bad_inputs(tmp_path):
     adapt.train_and_evaluate(_quick("tca", source=src, target=nan),
                           str(tmp_path / "nan"))
   with pytest.raises(ValueError, match="unknown method"):
-    adapt.train_and_evaluate(_quick("adda", source=src, target=tgt),
+    adapt.train_and_evaluate(_quick("wasserstein", source=src, target=tgt),
                           str(tmp_path / "m"))
+  with pytest.raises(ValueError, match="pseudo_threshold must be in"):
+    adapt.train_and_evaluate(_quick("self_training", source=src, target=tgt,
+                                    pseudo_threshold=1.5),
+                          str(tmp_path / "thr"))
 
 
 def test_the_backbone_fits_the_data_and_can_be_swapped(tmp_path):
@@ -142,5 +159,6 @@ def test_the_backbone_fits_the_data_and_can_be_swapped(tmp_path):
 def test_config_arguments():
   assert adapt_config.get_config("digits").target == "digits:rotated"
   assert adapt_config.get_config("").source == "mnist1d:clean"
+  assert adapt_config.get_config("office31").model.name == "resnet50"
   with pytest.raises(ValueError, match="unknown config argument"):
-    adapt_config.get_config("office31")
+    adapt_config.get_config("office32")

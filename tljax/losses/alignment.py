@@ -1,5 +1,6 @@
-"""Domain alignment losses: MMD (single and multi-kernel), CORAL, and the
-domain classifier's loss, on features of a source and a target batch.
+"""Domain alignment losses: MMD (single and multi-kernel), CORAL, the domain
+classifier's loss, CDAN's multilinear maps and entropy weights, minimum
+class confusion, and confident pseudo-labels.
 
 All are pure functions of arrays, differentiable in both inputs, and usable
 under ``jit``, ``pmap`` and a sharded mesh. Under ``pmap`` gather the global
@@ -214,7 +215,9 @@ def _logit_vector(logits, name):
 
 def domain_classification_loss(source_logits: jax.Array,
                                target_logits: jax.Array, *,
-                               source_weights: jax.Array | None = None
+                               source_weights: jax.Array | None = None,
+                               target_weights: jax.Array | None = None,
+                               axis_name: str | None = None
                                ) -> jax.Array:
   """Binary cross-entropy of the domain classifier (DANN's ``L_d``).
 
@@ -227,6 +230,10 @@ def domain_classification_loss(source_logits: jax.Array,
     target_logits: ``(n_t,)`` or ``(n_t, 1)``.
     source_weights: optional per-example weights of the source terms
       (e.g. KMM weights); averaged as ``sum(w l) / sum(w)``.
+    target_weights: the same for the target terms (CDAN+E's entropy
+      weights).
+    axis_name: under ``pmap``, weighted means over the global batch (see
+      :func:`tljax.losses.weighted_mean`).
 
   Returns:
     A scalar.
@@ -235,7 +242,8 @@ def domain_classification_loss(source_logits: jax.Array,
   lt = _logit_vector(target_logits, "target")
   bce_s = optax.sigmoid_binary_cross_entropy(ls, jnp.zeros_like(ls))
   bce_t = optax.sigmoid_binary_cross_entropy(lt, jnp.ones_like(lt))
-  return 0.5 * (weighted_mean(bce_s, source_weights) + jnp.mean(bce_t))
+  return 0.5 * (weighted_mean(bce_s, source_weights, axis_name=axis_name)
+                + weighted_mean(bce_t, target_weights, axis_name=axis_name))
 
 
 def domain_accuracy(source_logits: jax.Array, target_logits: jax.Array
@@ -244,3 +252,86 @@ def domain_accuracy(source_logits: jax.Array, target_logits: jax.Array
   ls = _logit_vector(source_logits, "source")
   lt = _logit_vector(target_logits, "target")
   return 0.5 * (jnp.mean(ls < 0) + jnp.mean(lt > 0))
+
+
+def entropy(probs: jax.Array, *, eps: float = 1e-5) -> jax.Array:
+  """Shannon entropy ``-sum_c p_c log p_c`` of each row of ``probs``
+  ``(n, C)``, in nats; ``eps`` inside the log keeps it finite at 0."""
+  return -jnp.sum(probs * jnp.log(probs + eps), axis=-1)
+
+
+def multilinear_map(features: jax.Array, probs: jax.Array) -> jax.Array:
+  """CDAN's multilinear map ``f ⊗ g``: the flattened outer product of each
+  example's features ``(n, d)`` and class probabilities ``(n, C)``,
+  ``(n, d * C)`` with entry ``[i, a * C + c] = f[i, a] g[i, c]``.
+
+  Long et al. (2018), "Conditional Adversarial Domain Adaptation", NeurIPS,
+  eq. (4).
+  """
+  f, g = _flat(features), _flat(probs)
+  return jnp.einsum("na,nc->nac", f, g).reshape(f.shape[0], -1)
+
+
+def randomized_multilinear_map(features: jax.Array, probs: jax.Array, *,
+                               dim: int = 1024, seed: int = 0) -> jax.Array:
+  """CDAN's randomized multilinear map ``(R_f f) ⊙ (R_g g) / sqrt(dim)``.
+
+  Long et al. (2018), eq. (5): ``R_f (d, dim)`` and ``R_g (C, dim)`` are
+  fixed standard Gaussian matrices (drawn from ``seed``, never trained);
+  its inner products approximate those of :func:`multilinear_map` in
+  expectation, at ``dim`` instead of ``d * C`` entries.
+  """
+  f, g = _flat(features), _flat(probs)
+  kf, kg = jax.random.split(jax.random.key(seed))
+  rf = jax.random.normal(kf, (f.shape[1], dim), f.dtype)
+  rg = jax.random.normal(kg, (g.shape[1], dim), g.dtype)
+  return (f @ rf) * (g @ rg) / jnp.sqrt(jnp.asarray(dim, f.dtype))
+
+
+def cdan_entropy_weights(probs: jax.Array) -> jax.Array:
+  """CDAN+E's example weights ``w = 1 + exp(-H(g))`` (Long et al., 2018,
+  eq. (9)): confident predictions weigh up to 2, uniform ones close to 1.
+  No gradient flows through them."""
+  return jax.lax.stop_gradient(1.0 + jnp.exp(-entropy(probs)))
+
+
+def mcc_loss(logits: jax.Array, *, temperature: float = 2.5) -> jax.Array:
+  """Minimum Class Confusion on (target) logits ``(n, C)``.
+
+  Jin et al. (2020), "Minimum Class Confusion for Versatile Domain
+  Adaptation", ECCV, eqs. (1)-(7): probabilities at temperature ``T``,
+  ``Y = softmax(z / T)``; example weights ``W = n (1 + exp(-H(Y))) /
+  sum(1 + exp(-H(Y)))`` (no gradient); class correlations ``C = Y^T diag(W)
+  Y``; category normalisation, each row divided by its sum; the loss is the
+  sum of the off-diagonal entries divided by ``C``.
+
+  Args:
+    logits: ``(n, C)`` class logits of a target batch.
+    temperature: the temperature ``T`` (the paper's default 2.5).
+
+  Returns:
+    A scalar in ``[0, C - 1) / C``; 0 when every prediction is one-hot.
+  """
+  logits = jnp.asarray(logits)
+  if logits.ndim != 2 or logits.shape[0] < 1:
+    raise ValueError(f"mcc_loss needs logits of shape (n, num_classes) with "
+                     f"n >= 1; got {logits.shape}.")
+  if not temperature > 0:
+    raise ValueError(f"mcc temperature must be > 0, got {temperature}")
+  n, c = logits.shape
+  y = jax.nn.softmax(logits / temperature, axis=-1)
+  w = 1.0 + jnp.exp(-jax.lax.stop_gradient(entropy(y)))
+  w = n * w / jnp.sum(w)
+  conf = (y * w[:, None]).T @ y
+  conf = conf / jnp.sum(conf, axis=1, keepdims=True)
+  return (jnp.sum(conf) - jnp.trace(conf)) / c
+
+
+def confident_pseudo_labels(logits: jax.Array, *, threshold: float = 0.9
+                            ) -> tuple[jax.Array, jax.Array]:
+  """``(labels, mask)``: the arg-max class of each row of ``logits`` and
+  whether its softmax probability reaches ``threshold``; both without
+  gradient (Lee, 2013, "Pseudo-Label"; the confidence mask as in FixMatch,
+  Sohn et al., 2020)."""
+  p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+  return jnp.argmax(p, -1), (jnp.max(p, -1) >= threshold).astype(p.dtype)
