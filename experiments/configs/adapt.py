@@ -135,6 +135,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.log_every = 100
   config.checkpoint_every = 250    # and at SIGTERM / Ctrl-C
   config.parallel = "auto"         # auto | single | mesh | pmap
+  config.steps_per_call = 1        # > 1: a lax.scan per call (small MLPs)
 
   if pair == "office31":
     # TLlib's DANN (examples/domain_adaptation/image_classification/dann.py):

@@ -38,7 +38,7 @@ PyTree = Any
 # Config fields that cannot change a run's result: a workdir may be resumed
 # with other values of these (tljax.workdir.claim).
 HARMLESS_FIELDS = ("log_every", "eval_every", "checkpoint_every", "plot",
-                   "parallel", "data_dir")
+                   "parallel", "data_dir", "steps_per_call")
 
 
 def validate(config) -> None:
@@ -87,9 +87,13 @@ def check_same_shape(reference: data_lib.Dataset, others, what: str):
 # -------------------------------------------------------------- training
 def trainer(step: Callable, tx: optax.GradientTransformation | None, config,
             *, scan: bool = False) -> trainer_lib.Trainer:
-  """A :class:`tljax.train.Trainer` in the config's ``parallel`` mode."""
+  """A :class:`tljax.train.Trainer` in the config's ``parallel`` mode, with
+  its ``steps_per_call`` (default 1) for full runs."""
+  k = config.get("steps_per_call", 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"steps_per_call must be an integer >= 1, got {k!r}")
   return trainer_lib.Trainer(step, tx, parallel=config.get("parallel", "auto"),
-                             scan=scan)
+                             scan=scan, steps_per_call=k)
 
 
 def fit(trainer_: trainer_lib.Trainer, state, batches_from:
@@ -143,13 +147,15 @@ def batches_from(config, arrays: dict, *, seed: int | None = None,
 def load_into(path: str, init: PyTree, dont_load: Sequence[str] = (), *,
               model_state: PyTree | None = None) -> tuple[PyTree, dict]:
   """``(params, model_state)`` saved at ``path`` (a workdir or params
-  directory), merged into ``init`` and the initial ``model_state`` with
+  directory, or a pretrained ``.safetensors`` / ``.npz`` file: see
+  :mod:`tljax.models.convert`), merged into ``init`` and the initial
+  ``model_state`` with
   :func:`tljax.params.merge_params` (names and shapes checked,
   ``dont_load`` kept from the initial values). A saved model without state
   (or a model without state) keeps the initial model state."""
   from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
   dont_load = tuple(dont_load)
-  loaded, loaded_state = checkpoint.load_variables(path)
+  loaded, loaded_state = checkpoint.load_variables(path, like=init)
   params = params_lib.merge_params(loaded, init, dont_load=dont_load)
   model_state = dict(model_state or {})
   if model_state and loaded_state:
@@ -157,8 +163,8 @@ def load_into(path: str, init: PyTree, dont_load: Sequence[str] = (), *,
     names = params_lib.leaf_names(model_state)
     model_state = params_lib.merge_params(
         loaded_state, model_state, dont_load=tuple(
-            p for p in dont_load if any(re.fullmatch(f"[^/]+/{p}", n)
-                                        for n in names)))
+            f"[^/]+/{p}" for p in dont_load
+            if any(re.fullmatch(f"[^/]+/{p}", n) for n in names)))
   return params, model_state
 
 

@@ -19,8 +19,11 @@ from tljax.models.nets import init_params
 from tljax.models.nets import init_variables
 from tljax.models.resnet import ResNet
 from tljax.models.resnet import resnet
+from tljax.models.vit import VisionTransformer
+from tljax.models.vit import vit
 
 __all__ = ["MLP", "CNN1D", "CNN2D", "Classifier", "ResNet", "resnet",
+           "VisionTransformer", "vit",
            "build_backbone", "backbone_from_config", "build_classifier",
            "backbone_name", "backbone_settings", "default_backbone_for", "model_config",
            "init_params", "init_variables", "apply", "apply_train",

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tljax.models import convert
+
 PyTree = Any
 
 
@@ -78,18 +80,27 @@ def save_params(path: str, params: PyTree,
     ckptr.save(path, jax.device_get(tree), force=True)
 
 
-def load_variables(path: str) -> tuple[PyTree, dict]:
+def load_variables(path: str, like: PyTree | None = None
+                   ) -> tuple[PyTree, dict]:
   """``(params, model_state)`` written by :func:`save_params`.
 
-  ``path`` may be the params directory or a workdir that contains one.
+  ``path`` may be the params directory or a workdir that contains one, or a
+  pretrained weights file (a torchvision/timm ``.safetensors`` state dict, a
+  big_vision ``.npz``), converted by :func:`tljax.models.convert.
+  load_variables`, which reads the target model's parameters ``like`` (if
+  given) for a ViT's heads, the architecture check and the position
+  embedding's grid.
   """
+  if convert.is_weights_file(path):
+    return convert.load_variables(path, like=like)
   path = _abs(path)
   if os.path.isdir(os.path.join(path, "params")):
     path = os.path.join(path, "params")
   if not os.path.isdir(path):
     raise FileNotFoundError(
         f"no parameters at {path!r}: point init_from at the workdir of a "
-        "finished source run (it holds params/) or at a params directory.")
+        "finished source run (it holds params/), at a params directory, or "
+        "at a pretrained .safetensors / .npz weights file.")
   with ocp.StandardCheckpointer() as ckptr:
     tree = jax.tree.map(np.asarray, ckptr.restore(path))
   if isinstance(tree, dict) and "params" in tree and set(tree) <= {
