@@ -51,7 +51,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # e.g. (("backbone/layer_[01]/.*", None), ("backbone/.*", 0.1), (".*", 1.0))
   config.optim.lr_rules = ()
 
-  config.init_from = ""            # workdir or params dir of a source run
+  config.init_from = ""            # source workdir or params dir, or .safetensors / .npz weights
   config.dont_load = ("head/.*",)  # target leaves kept from fresh init
   config.freeze_bn = False         # BatchNorm in inference mode (fine-tuning)
 
