@@ -154,7 +154,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.learning_rate = 0.01
     config.optim.schedule = "annealed"
     config.optim.grad_clip_norm = 0.0  # TLlib clips nothing
-    # TLlib's weight decay 1e-3; read once tljax.optim applies it to sgd.
+    # TLlib's weight decay 1e-3 (an L2 term on the gradient, as torch's SGD).
     config.optim.weight_decay = 1e-3
     config.optim.lr_rules = (("backbone/.*", 0.1), (".*", 1.0))
     config.eval_every = 1000
