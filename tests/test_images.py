@@ -184,7 +184,7 @@ def test_augmented_batches_are_a_pure_function_of_seed_and_step(tree):
 
 
 def test_tfds_images_lazily():
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=6,
                               policy=tfds.testing.MockPolicy.USE_CODE), \
       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared",

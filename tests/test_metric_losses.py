@@ -453,11 +453,9 @@ class SimilarityLossTest(parameterized.TestCase):
 
   @parameterized.named_parameters([(n, n) for n in NEW_LOSSES])
   def test_equals_pytorch_metric_learning_loss_and_gradient(self, name):
-    torch = pytest.importorskip("torch")
-    pml = pytest.importorskip("pytorch_metric_learning")
+    import torch  # the test extra installs torch and pytorch-metric-learning
     from pytorch_metric_learning import losses as pml_losses
     from pytorch_metric_learning import miners as pml_miners
-    del pml
     _, _, kw, uses_w = NEW_LOSSES[name]
     for seed in range(2):
       e, y, w = _new_loss_inputs(seed + 10)
