@@ -22,6 +22,12 @@ within each repeat, so both see the same machine load):
   Adam) with ``models.CNN2D`` on 28x28x1 images (source + target batches of
   64 + 64 and 128 + 128) and with an MLP (32, 32) on two moons (128 + 128),
   against the same nets, gradient reversal and loss in PyTorch eager.
+- ``resnet``: one ResNet-18 training step (cross-entropy, SGD momentum,
+  BatchNorm in training mode), batch 32 at 32x32 and 224x224 (ImageNet
+  stem at both), against the same network in PyTorch eager with
+  torchvision's names (``tests/torch_reference.py``; torchvision does not
+  install beside the pinned torch), its random weights converted by
+  ``tljax.models.convert``; the losses at the shared weights are compared.
 
 Before timing, each workload checks that both sides compute the same value
 on the same inputs (``CHECK_RTOL``) and stops if they do not:
@@ -65,6 +71,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -540,6 +547,77 @@ def dann_rows(configs, repeats, torch, flops_peak):
   return rows
 
 
+def resnet_rows(sizes, batch, repeats, torch, flops_peak):
+  """ResNet-18 training steps (cross-entropy, SGD with momentum, BatchNorm
+  in training mode) against the same network in PyTorch eager: torchvision's
+  module and state-dict names (``tests/torch_reference.py``; torchvision
+  itself does not install beside the pinned torch here), its random weights
+  converted into tljax's with :mod:`tljax.models.convert`."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from tljax import models  # pylint: disable=g-import-not-at-top
+  from tljax.models import convert  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+  rows = []
+  classes = 10
+  for size in sizes:
+    net = torch_reference.torch_resnet(18, classes, seed=0).train()
+    params, state = convert.from_torchvision_resnet(
+        torch_reference.state_dict_numpy(net))
+    model = models.Classifier(models.build_backbone("resnet18"), classes)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, size, size, 3)).astype(np.float32)
+    y = rng.integers(0, classes, batch).astype(np.int32)
+    tx = optax.sgd(0.01, momentum=0.9)
+
+    def loss_fn(p, st, xb, yb):
+      logits, new = model.apply({"params": p, **st}, xb, train=True,
+                                mutable=["batch_stats"])
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, yb).mean(), new
+
+    def tj_step(carry, xb, yb):
+      p, st, o = carry
+      (loss, new), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, xb, yb)
+      u, o = tx.update(g, o, p)
+      return (optax.apply_updates(p, u), new, o), loss
+
+    carry = (params, state, tx.init(params))
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    want = float(loss_fn(params, state, xj, yj)[0])
+    flops, temp = _compiled(tj_step, carry, xj, yj)
+    step = jax.jit(tj_step, donate_argnums=(0,))
+    holder = {"c": jax.tree.map(jnp.copy, carry)}
+
+    def run():
+      holder["c"], loss = step(holder["c"], xj, yj)
+      _block(loss)
+
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    tx_ = torch.tensor(x.transpose(0, 3, 1, 2).copy())
+    ty = torch.tensor(y.astype(np.int64))
+
+    def peer():
+      opt.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(net(tx_), ty)
+      loss.backward()
+      opt.step()
+      return loss
+
+    row = {"workload": f"resnet18 step {size}x{size}x3", "batch": str(batch),
+           "flops": flops, "tljax_temp_mib": temp / 2**20,
+           "peer": "PyTorch eager (torchvision layout)"}
+    with torch.no_grad():  # training-mode BatchNorm on both sides
+      got = torch.nn.functional.cross_entropy(net(tx_), ty).item()
+    row["check_tljax_vs_peer"] = _close(want, got, "ResNet-18 loss")
+    row["torch_threads"] = _torch_threads(peer, torch)
+    tj, tp = _time_pair(run, peer, repeats, budget_s=2.0)
+    _finish(row, tj, tp, flops_peak)
+    rows.append(row)
+    print(_line(row), flush=True)
+  return rows
+
+
 # ------------------------------------------------------------------- report
 def _finish(row, tj, tp, flops_peak):
   row["tljax"] = tj
@@ -578,6 +656,9 @@ HEADER = ("| workload | B | tljax ms, median (min) | peer ms, median (min) | "
           "% of jnp matmul | XLA temp MiB |\n|" + "---|" * 9)
 
 
+WORKLOADS = ("triplet", "maml", "dann", "resnet")
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--quick", action="store_true",
@@ -586,13 +667,14 @@ def main():
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__),
                                                "results", "speed.json"))
   p.add_argument("--repeats", type=int, default=0)
-  p.add_argument("--only", default="triplet,maml,dann",
-                 help="comma-separated workloads to run")
+  p.add_argument("--only", default=",".join(WORKLOADS),
+                 help="comma-separated workloads to run, of "
+                 + ", ".join(WORKLOADS))
   args = p.parse_args()
   only = set(args.only.split(","))
-  if only - {"triplet", "maml", "dann"}:
-    p.error(f"--only: unknown workloads {sorted(only - {'triplet', 'maml', 'dann'})}; "
-            "choose from triplet, maml, dann")
+  if only - set(WORKLOADS):
+    p.error(f"--only: unknown workloads {sorted(only - set(WORKLOADS))}; "
+            f"choose from {', '.join(WORKLOADS)}")
   import pytorch_metric_learning  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   repeats = args.repeats or (3 if args.quick else 5)
@@ -618,6 +700,9 @@ def main():
     rows += dann_rows((("cnn2d", 64),) if args.quick else
                       (("cnn2d", 64), ("cnn2d", 128), ("mlp", 128)), repeats,
                       torch, peak)
+  if "resnet" in only:
+    rows += resnet_rows((32,) if args.quick else (32, 224), 32, repeats,
+                        torch, peak)
   load1 = os.getloadavg()
   print(f"load average at end: {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
