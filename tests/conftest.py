@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"tljax-tests-jax-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The tests draw random numbers with the ``rbg`` PRNG (XLA's RngBitGenerator)
+# rather than the default threefry: compiling threefry's initialisers is most
+# of a ResNet's init time on the CPU (ResNet-18 at width 8: 15.6 s against
+# 4.8 s). tljax passes typed keys and never depends on the implementation;
+# test_prng_implementation_is_the_users_choice checks both give a model.
+os.environ.setdefault("JAX_DEFAULT_PRNG_IMPL", "rbg")
 
 import jax  # noqa: E402
 

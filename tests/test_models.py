@@ -98,3 +98,13 @@ def test_a_setting_the_backbone_does_not_take_is_one_clear_error():
     models.model_config("cnn2d", features=(4,))
   with pytest.raises(ValueError, match="with auto, give settings per"):
     models.model_config("auto", features=(4,))
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_prng_implementation_is_the_users_choice(impl):
+  # The suite runs with rbg (tests/conftest.py); users get threefry.
+  model = models.Classifier(backbone=models.MLP(features=(4,)), num_classes=3)
+  key = jax.random.key(0, impl=impl)
+  params, state = models.init_variables(model, (5,), key)
+  assert state == {} and params["head"]["kernel"].shape == (4, 3)
+  assert np.all(np.isfinite(params["backbone"]["layer_0"]["kernel"]))

@@ -19,7 +19,7 @@ from tljax import data
 from tljax import losses
 from tljax import params as params_lib
 
-FAST = settings(max_examples=40, deadline=None,
+FAST = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow])
 # The triplet loss runs op by op here (eager, many small ops per call).
 FEWER = settings(FAST, max_examples=15)
@@ -162,7 +162,9 @@ def test_contrastive_is_nonnegative_and_zero_within_the_margins(
                                            neg_margin=neg))
   assert np.all(np.isfinite(per)) and np.all(per >= 0)
   d = np.linalg.norm(a - b, axis=1)
-  inside = np.where(same == 1, d <= pos, d >= neg)
+  # clear of the margins by more than float32 rounding of the distance
+  # (numpy's norm and the loss's safe square root differ by ~1e-6 there)
+  inside = np.where(same == 1, d <= pos - 1e-3, d >= neg + 1e-3)
   assert np.all(per[inside] <= 1e-6)
 
 
