@@ -20,7 +20,7 @@ BELOW = {
     "params": set(),
     "optim": {"params"},
     "data": set(),
-    "models": set(),
+    "models": {"ops"},
     "losses": {"ops", "params"},
     "evaluation": {"data"},
     "train": {"data", "workdir"},

@@ -144,6 +144,21 @@ def batches_from(config, arrays: dict, *, seed: int | None = None,
                                         start_step=start)
 
 
+def read_variables(path: str, like: PyTree | None = None
+                   ) -> tuple[PyTree, dict]:
+  """``(params, model_state)`` at ``path``: a tljax workdir or params
+  directory (:func:`tljax.train.checkpoint.load_variables`), or a pretrained
+  weights file, a torchvision / timm ``.safetensors`` state dict or a
+  big_vision ``.npz`` (:func:`tljax.models.convert.load_variables`, which
+  reads the target model's parameters ``like``, if given, for a ViT's heads,
+  the architecture check and the position embedding's grid)."""
+  from tljax.models import convert  # pylint: disable=g-import-not-at-top
+  if convert.is_weights_file(path):
+    return convert.load_variables(path, like=like)
+  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
+  return checkpoint.load_variables(path)
+
+
 def load_into(path: str, init: PyTree, dont_load: Sequence[str] = (), *,
               model_state: PyTree | None = None) -> tuple[PyTree, dict]:
   """``(params, model_state)`` saved at ``path`` (a workdir or params
@@ -153,9 +168,8 @@ def load_into(path: str, init: PyTree, dont_load: Sequence[str] = (), *,
   :func:`tljax.params.merge_params` (names and shapes checked,
   ``dont_load`` kept from the initial values). A saved model without state
   (or a model without state) keeps the initial model state."""
-  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
   dont_load = tuple(dont_load)
-  loaded, loaded_state = checkpoint.load_variables(path, like=init)
+  loaded, loaded_state = read_variables(path, like=init)
   params = params_lib.merge_params(loaded, init, dont_load=dont_load)
   model_state = dict(model_state or {})
   if model_state and loaded_state:

@@ -466,8 +466,7 @@ def _check_candidate_config(c, model) -> list[str]:
 
 def _checkpoint_candidate(c, spec: str, path: str, shape,
                           modality) -> _Candidate:
-  from tljax.train import checkpoint  # pylint: disable=g-import-not-at-top
-  raw = checkpoint.load_params(path)  # checked here for a clearer error
+  raw = common.read_variables(path)[0]  # checked here for a clearer error
   head = raw.get("head") if isinstance(raw, dict) else None
   kernel = head.get("kernel") if isinstance(head, dict) else None
   if kernel is None or np.ndim(kernel) != 2:

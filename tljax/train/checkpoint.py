@@ -18,8 +18,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tljax.models import convert
-
 PyTree = Any
 
 
@@ -80,19 +78,14 @@ def save_params(path: str, params: PyTree,
     ckptr.save(path, jax.device_get(tree), force=True)
 
 
-def load_variables(path: str, like: PyTree | None = None
-                   ) -> tuple[PyTree, dict]:
+def load_variables(path: str) -> tuple[PyTree, dict]:
   """``(params, model_state)`` written by :func:`save_params`.
 
-  ``path`` may be the params directory or a workdir that contains one, or a
-  pretrained weights file (a torchvision/timm ``.safetensors`` state dict, a
-  big_vision ``.npz``), converted by :func:`tljax.models.convert.
-  load_variables`, which reads the target model's parameters ``like`` (if
-  given) for a ViT's heads, the architecture check and the position
-  embedding's grid.
+  ``path`` may be the params directory or a workdir that contains one.
+  (Pretrained weights files are read by :mod:`tljax.models.convert`; the
+  drivers' ``init_from`` takes either, ``tljax.drivers.common.
+  read_variables``.)
   """
-  if convert.is_weights_file(path):
-    return convert.load_variables(path, like=like)
   path = _abs(path)
   if os.path.isdir(os.path.join(path, "params")):
     path = os.path.join(path, "params")
