@@ -387,16 +387,12 @@ def maml_rows(steps_list, repeats, torch, flops_peak):
         np.abs(np.asarray(gj) - gt).max() / np.abs(gt).max())
     if row["check_grad_max_abs_over_max"] > 1e-3:
       raise SystemExit(f"check failed, MAML meta-gradient: {row}")
-    row["torch_threads"] = _torch_threads(peer, torch)
     holder = {"state": state}
 
     def run():
       holder["state"], _ = step(holder["state"], tasks, key)
       _block(holder["state"])
-    tj, tp = _time_pair(run, peer, repeats)
-    _finish(row, tj, tp, flops_peak)
-    rows.append(row)
-    print(_line(row), flush=True)
+    rows.append(_measure(row, run, peer, repeats, torch, flops_peak))
   return rows
 
 
@@ -534,16 +530,12 @@ def dann_rows(configs, repeats, torch, flops_peak):
     with torch.no_grad():
       row["check_tljax_vs_peer"] = _close(want, peer_loss().item(),
                                           "DANN loss on shared weights")
-    row["torch_threads"] = _torch_threads(peer, torch)
     holder = {"state": state}
 
     def run():
       holder["state"], _ = step(holder["state"], batch, key)
       _block(holder["state"])
-    tj, tp = _time_pair(run, peer, repeats)
-    _finish(row, tj, tp, flops_peak)
-    rows.append(row)
-    print(_line(row), flush=True)
+    rows.append(_measure(row, run, peer, repeats, torch, flops_peak))
   return rows
 
 
@@ -610,15 +602,22 @@ def resnet_rows(sizes, batch, repeats, torch, flops_peak):
     with torch.no_grad():  # training-mode BatchNorm on both sides
       got = torch.nn.functional.cross_entropy(net(tx_), ty).item()
     row["check_tljax_vs_peer"] = _close(want, got, "ResNet-18 loss")
-    row["torch_threads"] = _torch_threads(peer, torch)
-    tj, tp = _time_pair(run, peer, repeats, budget_s=2.0)
-    _finish(row, tj, tp, flops_peak)
-    rows.append(row)
-    print(_line(row), flush=True)
+    rows.append(_measure(row, run, peer, repeats, torch, flops_peak,
+                         budget_s=2.0))
   return rows
 
 
 # ------------------------------------------------------------------- report
+def _measure(row, run, peer, repeats, torch, flops_peak, budget_s=4.0):
+  """Times ``run`` (tljax) against ``peer`` on the faster torch thread
+  count, fills ``row`` and prints its line."""
+  row["torch_threads"] = _torch_threads(peer, torch)
+  tj, tp = _time_pair(run, peer, repeats, budget_s=budget_s)
+  _finish(row, tj, tp, flops_peak)
+  print(_line(row), flush=True)
+  return row
+
+
 def _finish(row, tj, tp, flops_peak):
   row["tljax"] = tj
   row["tljax_gflops"] = row["flops"] / tj["median_s"] / 1e9
