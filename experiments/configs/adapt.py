@@ -97,6 +97,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.pseudo_threshold = 0.9    # self_training: least max-probability
   config.adda = ml_collections.ConfigDict()
   config.adda.pretrain_steps = steps  # source-only phase before adaptation
+  # Adam for the adversarial phase as Tzeng et al. (0 keeps config.optim's)
+  config.adda.learning_rate = 2e-4
+  config.adda.b1 = 0.5
 
   # Adaptation strength: weight * lam(p), lam(p) = 2/(1+exp(-gamma p)) - 1.
   config.adapt_weight = 1.0

@@ -207,7 +207,15 @@ def _adda(config, workdir, model, disc, params, model_state, src, tgt,
                            example_shape=src.example_shape,
                            model_state=state.model_state)
   frozen = [k for k in aparams if k not in ("disc", "target_backbone")]
-  tx = _optimizer(config, aparams, config.num_steps, frozen=frozen)
+  # The adversarial phase at the paper's Adam settings (lr 2e-4, b1 0.5):
+  # at the pretraining rate (1e-3) the target encoder collapses (mnist1d and
+  # digits at chance, docs/domain_adaptation_settings.md).
+  adv = config.copy_and_resolve_references()
+  with adv.unlocked():
+    for k in ("learning_rate", "b1"):
+      if config.adda.get(k):
+        adv.optim[k] = config.adda[k]
+  tx = _optimizer(adv, aparams, config.num_steps, frozen=frozen)
   step = da.make_adda_step(model, tx, discriminator=disc)
   trainer = common.trainer(step, tx, config)
   init = trainer.init_state(
