@@ -24,11 +24,10 @@ for DANN ``domain_accuracy`` plus ``domain_accuracy_history``) and the plot to
 ``<workdir>/embedding.png``.
 
 Measured on this 2-core CPU (the command above, mnist1d clean -> noisy,
-default settings, seed 0; see docs/results_domain_adaptation.md for the
-3-seed tables): target_accuracy 0.491 (source_accuracy 0.944, DANN's
-domain classifier at 0.54 on the last batch) in 10 s (25 s while other
-jobs shared the CPU); source-only on the same pair gives 0.306 with seed 0
-(0.354 ± 0.035 over 3 seeds).
+default settings, seed 0, through benchmarks/domain_adaptation.py on
+2026-12-02): target_accuracy 0.533 in 28 s; source-only 0.306 (5 seeds:
+DANN 0.525 ± 0.017, source-only 0.351 ± 0.031; every method in README and
+docs/domain_adaptation_settings.md).
 """
 
 import ml_collections
