@@ -34,6 +34,21 @@ def _setup(mining):
   return model, params, {"x": x, "y": y}, loss_kw
 
 
+def _one_step_matches(step, tx, params, batch, want_loss, want_params,
+                      modes):
+  """One compiled step in each of ``modes`` gives the reference loss and
+  the parameters of one SGD step on the whole batch."""
+  for mode in modes:
+    compiled = parallel.compile_step(step, mode, donate=False)
+    state = compiled.put_state(state_lib.create_train_state(params, tx))
+    state, metrics = compiled(state, compiled.put_batch(batch),
+                              jax.random.key(1))
+    np.testing.assert_allclose(compiled.metrics(metrics)["loss"], want_loss,
+                               rtol=1e-5, err_msg=mode)
+    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
+                                rtol=1e-5, atol=1e-6)
+
+
 # Every mining mode mines the same gathered global batch; batch-all's own
 # definition is tested against numpy in test_metric_losses.py.
 @pytest.mark.parametrize("mining", ["hard", "semi_hard"])
@@ -57,16 +72,9 @@ def test_triplet_step_sees_global_batch_on_every_parallel_mode(mining):
 
   tx = optax.sgd(LR)
   step = ml.make_step(model, tx, loss="triplet", **kw)
-  for mode in ("mesh", "pmap"):  # "single" is the reference above, jitted
-    compiled = parallel.compile_step(step, mode, donate=False)
-    state = compiled.put_state(state_lib.create_train_state(params, tx))
-    state, metrics = compiled(state, compiled.put_batch(batch),
-                              jax.random.key(1))
-    metrics = compiled.metrics(metrics)
-    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5,
-                               err_msg=mode)
-    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
-                                rtol=1e-5, atol=1e-6)
+  # "single" is the reference above, jitted
+  _one_step_matches(step, tx, params, batch, want_loss, want_params,
+                    ("mesh", "pmap"))
 
 
 def test_contrastive_step_pmap_equals_global_batch():
@@ -90,15 +98,8 @@ def test_contrastive_step_pmap_equals_global_batch():
   want_params = jax.tree.map(lambda p, g: p - LR * g, params, g)
   tx = optax.sgd(LR)
   step = ml.make_step(model, tx, loss="contrastive", **kw)
-  for mode in ("single", "pmap"):
-    compiled = parallel.compile_step(step, mode, donate=False)
-    state = compiled.put_state(state_lib.create_train_state(params, tx))
-    state, metrics = compiled(state, compiled.put_batch(batch),
-                              jax.random.key(1))
-    np.testing.assert_allclose(compiled.metrics(metrics)["loss"], want_loss,
-                               rtol=1e-5)
-    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
-                                rtol=1e-5, atol=1e-6)
+  _one_step_matches(step, tx, params, batch, want_loss, want_params,
+                    ("single", "pmap"))
 
 
 def test_recall_at_k_by_hand():
@@ -175,15 +176,8 @@ def test_proxy_anchor_step_sees_global_batch_on_every_parallel_mode():
   want_params = jax.tree.map(lambda p, g: p - LR * g, params, g)
   tx = optax.sgd(LR)
   step = ml.make_step(model, tx, loss="proxy_anchor", **kw)
-  for mode in ("mesh", "pmap"):
-    compiled = parallel.compile_step(step, mode, donate=False)
-    state = compiled.put_state(state_lib.create_train_state(params, tx))
-    state, metrics = compiled(state, compiled.put_batch(batch),
-                              jax.random.key(1))
-    np.testing.assert_allclose(compiled.metrics(metrics)["loss"], want_loss,
-                               rtol=1e-5, err_msg=mode)
-    chex.assert_trees_all_close(compiled.get_state(state).params, want_params,
-                                rtol=1e-5, atol=1e-6)
+  _one_step_matches(step, tx, params, batch, want_loss, want_params,
+                    ("mesh", "pmap"))
   with pytest.raises(ValueError, match="init_proxies"):
     ml.batch_loss(_setup("all")[1], None, batch, None, model=model,
                   loss="cosface")
