@@ -31,6 +31,7 @@ target, 20 features, rbf kernel), each in a fresh process.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -46,14 +47,16 @@ METHODS = ("source_only", "dann", "cdan", "cdan_e", "mmd", "coral", "mcc",
            "adda", "self_training", "kmm", "tca", "target_supervised")
 PAIR_NAMES = {"moons": "moons -> moons:30", "mnist1d":
               "mnist1d:clean -> mnist1d:noisy",
-              "digits": "digits:clean -> digits:rotated"}
+              "digits": "digits:clean -> digits:rotated",
+              "coil": "COIL1 -> COIL2", "coil21": "COIL2 -> COIL1"}
 
 
 def _settings(text: str):
   """``[(key, value), ...]`` from ``a.b=1,c="x"`` (JSON values; a bare
   word is a string)."""
   out = []
-  for item in filter(None, text.split(",")):
+  # Commas inside [...] belong to a JSON list value.
+  for item in filter(None, re.split(r",(?![^\[]*\])", text)):
     key, sep, raw = item.partition("=")
     if not sep:
       raise ValueError(f"--set entries are key=value, got {item!r}")

@@ -1,5 +1,6 @@
 """Every data source, its options and its bad inputs; batching."""
 
+import os
 from unittest import mock
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tljax import data
+from tljax.data import sources
 
 
 @pytest.mark.parametrize("spec,shape,classes", [
@@ -24,6 +26,33 @@ def test_embedded_sources(spec, shape, classes):
   assert np.isfinite(tr.x).all()
   # Deterministic: the same spec is the same data.
   np.testing.assert_array_equal(data.load(spec).x, tr.x)
+
+
+def test_coil_is_both_shared_files_as_images(monkeypatch):
+  d = sources.shared_data_dir()
+  paths = [os.path.join(d, f"coil{i}.npz") for i in (1, 2)]
+  if not all(os.path.exists(p) for p in paths):
+    pytest.skip(f"COIL-20 data not found at {os.path.abspath(d)} (coil1.npz, "
+                "coil2.npz; see ../shared/data/README.md): skipping the coil "
+                "source test")
+  files = [np.load(p) for p in paths]
+  ds = data.load("coil")
+  assert ds.example_shape == (32, 32, 1) and ds.modality == "image"
+  assert ds.num_classes == 20 and np.bincount(ds.y).tolist() == [72] * 20
+  np.testing.assert_array_equal(
+      ds.x.reshape(1440, -1), np.concatenate([f["x"] for f in files]))
+  np.testing.assert_array_equal(ds.y, np.concatenate([f["y"] for f in files]))
+  # Both splits are all images: the protocols use disjoint class sets.
+  np.testing.assert_array_equal(data.load("coil", "test").x, ds.x)
+  two = data.load("coil:2", classes=range(10, 20), relabel=False)
+  keep = files[1]["y"] >= 10
+  np.testing.assert_array_equal(two.x.reshape(len(two), -1),
+                                files[1]["x"][keep])
+  monkeypatch.setenv("TLJAX_SHARED_DATA", "/nonexistent")
+  with pytest.raises(FileNotFoundError, match="COIL-20 not found"):
+    data.load("coil")
+  with pytest.raises(ValueError, match="unknown coil preset"):
+    data.load("coil:3")
 
 
 def test_domains_differ_as_described():
@@ -65,6 +94,25 @@ def test_label_budget_classes_and_subsets():
   keep = data.load("digits", classes=[3, 7], relabel=False)
   assert keep.num_classes == 10 and set(keep.y) == {3, 7}
   assert len(data.load("mnist1d", num_examples=17)) == 17
+  # The same subset named in the spec (what a config string can say), on
+  # both splits; an explicit list of classes is the reference.
+  full = data.load("digits", "test")
+  for spec, classes in (("digits?classes=3-5", [3, 4, 5]),
+                        ("digits?classes=7,1-2", [7, 1, 2])):
+    ref = data.load("digits", "test", classes=classes)
+    got = data.load(spec, "test")
+    assert got.name == spec and got.num_classes == len(classes)
+    np.testing.assert_array_equal(got.x, ref.x)
+    np.testing.assert_array_equal(got.y, ref.y)
+    assert np.isin(full.y, classes).sum() == len(got)
+  for bad, match in (("digits?classes=5-3", "indices and ranges"),
+                     ("digits?classes=", "indices and ranges"),
+                     ("digits?classes=1,1", "once"),
+                     ("digits?classes=10", r"\[10\] are not in")):
+    with pytest.raises(ValueError, match=match):
+      data.load(bad)
+  with pytest.raises(ValueError, match="given twice"):
+    data.load("digits?classes=1-2", classes=[1])
 
 
 def test_npz_with_and_without_test_arrays(tmp_path):

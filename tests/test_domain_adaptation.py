@@ -177,15 +177,20 @@ def test_weighted_source_loss_matches_numpy():
 
 
 # dann covers the reversal; mmd the all_gather path CORAL shares; both carry
-# KMM-style weights, whose global weighted mean needs a psum under pmap.
-@pytest.mark.parametrize("alignment_name", ["dann", "mmd", "cdan_e"])
+# KMM-style weights, whose global weighted mean needs a psum under pmap;
+# self_training's pseudo-labels (threshold 0: every example) come from the
+# probabilities aligned to the global batch's mean.
+@pytest.mark.parametrize("alignment_name", ["dann", "mmd", "cdan_e",
+                                            "self_training"])
 def test_same_parameters_on_one_device_mesh_and_pmap(alignment_name):
   assert jax.device_count() == 4
   params = _params(alignment_name)
   tx = optax.adam(0.05)
+  extra = ({"pseudo_threshold": 0.0} if alignment_name == "self_training"
+           else {})
   step = da.make_step(MODEL, tx, alignment_name=alignment_name,
                       discriminator=DISC if "disc" in params else None,
-                      total_steps=10)
+                      total_steps=10, **extra)
   batches = []
   for s in range(2):
     b = _batch(10 + s)
@@ -387,20 +392,27 @@ def test_mcc_loss_against_numpy_and_extremes():
                              rtol=1e-5)
 
 
-def test_self_training_against_numpy_with_stopped_pseudo_labels():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_self_training_against_numpy_with_stopped_pseudo_labels(aligned):
   params = _params("self_training")
   batch = _batch(6)
   zt = np.asarray(MODEL.apply({"params": params}, batch["x_target"]))
   p = _np_softmax(zt)
+  if aligned:
+    # ReMixMatch's distribution alignment to a uniform prior, by hand.
+    p = p / p.mean(0, keepdims=True)
+    p = p / p.sum(1, keepdims=True)
   thr = float(np.median(p.max(1)))  # about half the examples pass
   fn = functools.partial(da.adaptation_loss, model=MODEL,
                          alignment_name="self_training", total_steps=10,
-                         schedule="constant", pseudo_threshold=thr)
+                         schedule="constant", pseudo_threshold=thr,
+                         pseudo_alignment=aligned)
   (loss, m), g = jax.value_and_grad(fn, has_aux=True)(
       params, _state(params), batch, None)
   labels, mask = p.argmax(1), (p.max(1) >= thr).astype(np.float64)
   assert 0 < mask.sum() < 8
-  ce = -np.log(p[np.arange(8), labels])
+  # The loss is on the model's own probabilities, the labels aligned ones.
+  ce = -np.log(_np_softmax(zt)[np.arange(8), labels])
   np.testing.assert_allclose(m["align_loss"], np.mean(mask * ce), rtol=1e-5)
   assert float(m["pseudo_label_fraction"]) == mask.mean()
 

@@ -75,6 +75,19 @@ def test_each_method_quick(tmp_path, method):
     assert os.path.exists(os.path.join(wd, "metrics_pretrain.jsonl"))
 
 
+def test_coil_preset_quick(tmp_path):
+  from tljax.data import sources  # pylint: disable=g-import-not-at-top
+  d = sources.shared_data_dir()
+  if not os.path.exists(os.path.join(d, "coil1.npz")):
+    pytest.skip(f"COIL-20 data not found at {os.path.abspath(d)} (coil1.npz, "
+                "coil2.npz; see ../shared/data/README.md): skipping the COIL "
+                "domain adaptation preset")
+  wd = str(tmp_path / "coil")
+  m = adapt.train_and_evaluate(_quick("dann", pair="coil"), wd)
+  assert 0.0 <= m["target_accuracy"] <= 1.0
+  assert _results(wd)["backbone"] == "mlp"
+
+
 def _write(path, x, y=None):
   arrays = {"x": x} if y is None else {"x": x, "y": y}
   np.savez(path, **arrays)
@@ -160,5 +173,9 @@ def test_config_arguments():
   assert adapt_config.get_config("digits").target == "digits:rotated"
   assert adapt_config.get_config("").source == "mnist1d:clean"
   assert adapt_config.get_config("office31").model.name == "resnet50"
+  coil = adapt_config.get_config("coil21")
+  assert (coil.source, coil.target) == ("coil:2", "coil:1")
+  assert (coil.model.name, coil.bottleneck_dim, coil.disc_lr_mult) == (
+      "mlp", 64, 10.0)
   with pytest.raises(ValueError, match="unknown config argument"):
     adapt_config.get_config("office32")

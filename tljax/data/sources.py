@@ -4,10 +4,12 @@
     load("mnist1d:noisy", "test")    # a shifted target domain
     load("digits:rotated")           # scikit-learn 8x8 digits, rotated 30 deg
     load("moons:30")                 # two moons rotated by 30 degrees
+    load("coil")                     # COIL-20, 20 objects x 72 poses, 32x32
     load("npz:/path/to/target.npz")  # your arrays: x, y (y optional)
     load("tfds:mnist")               # a prepared TensorFlow Datasets set
     load("folder:/data/office31/amazon")  # <root>/<class>/*.jpg images
     load("tfds:imagenette?size=160")      # tfds images, decoded lazily
+    load("mnist1d:clean?classes=0-4")     # five of the ten classes (0..4)
 
 Every source returns a :class:`Dataset` of numpy arrays: ``x`` float32 with
 the example axis first (images NHWC), ``y`` int32 labels or ``None``, and
@@ -17,6 +19,9 @@ are, which picks the default backbone). An npz file may say its own with a
 feature vectors, (n, length, channels) signals, (n, h, w, c) images.
 Embedded sources (mnist1d, digits, moons) need no network; they are
 generated with fixed seeds, so a spec names the same data everywhere.
+``coil`` reads the COIL-20 files of the project's shared data folder
+(``coil1.npz``, ``coil2.npz`` in ``$TLJAX_SHARED_DATA``, default
+``../shared/data`` beside the repository; see :func:`_coil`).
 
 Image folders and tfds specs with image options after ``?`` are read
 lazily: ``x`` is a :class:`tljax.data.images.ImageArray`, decoded as it is
@@ -176,6 +181,46 @@ def _digits(preset: str) -> dict[str, np.ndarray]:
   xtr, xte, ytr, yte = model_selection.train_test_split(
       x, y, test_size=0.3, random_state=0, stratify=y)
   return {"x": xtr, "y": ytr, "x_test": xte, "y_test": yte}
+
+
+# -------------------------------------------------------------------- coil
+def shared_data_dir() -> str:
+  """``$TLJAX_SHARED_DATA``, or ``../shared/data`` beside the repository
+  that holds this package (the project's real-data folder)."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  return os.environ.get("TLJAX_SHARED_DATA",
+                        os.path.join(os.path.dirname(root), "shared", "data"))
+
+
+def _coil(preset: str) -> dict[str, np.ndarray]:
+  """COIL-20 as 32x32x1 grey images in [0, 1], labels 0..19.
+
+  ``all`` (default): the 1440 images of both files, 20 objects x 72 poses,
+  in both splits -- for protocols on disjoint class sets (metric learning
+  and few-shot episodes train on some objects and test on the others), not
+  for classification, where train and test would be the same images.
+  ``1`` / ``2``: one JDA domain (Long et al. 2013: poses 0-85 and 180-265
+  degrees, or the others), also in both splits (the transductive protocol).
+  """
+  files = {"all": (1, 2), "1": (1,), "2": (2,)}
+  if preset not in files:
+    raise ValueError(f"unknown coil preset {preset!r}; choose all, 1 or 2")
+  d = shared_data_dir()
+  paths = [os.path.join(d, f"coil{i}.npz") for i in files[preset]]
+  missing = [p for p in paths if not os.path.exists(p)]
+  if missing:
+    raise FileNotFoundError(
+        f"COIL-20 not found: no {', '.join(missing)} (set TLJAX_SHARED_DATA "
+        "to the folder holding coil1.npz and coil2.npz).")
+  xs, ys = [], []
+  for p in paths:
+    with np.load(p, allow_pickle=False) as f:
+      xs.append(np.asarray(f["x"], np.float32))
+      ys.append(np.asarray(f["y"], np.int32))
+  x = np.concatenate(xs).reshape(-1, 32, 32, 1)
+  y = np.concatenate(ys)
+  return {"x": x, "y": y, "x_test": x, "y_test": y}
 
 
 # ------------------------------------------------------------------- moons
@@ -403,6 +448,33 @@ def _subset(x, y, num_classes, *, classes, labels_per_class, num_examples,
   return x, y, num_classes
 
 
+def _classes_option(spec: str) -> tuple[str, list[int] | None]:
+  """``(spec without it, classes)`` of a ``classes=`` option after ``?``
+  (``mnist1d:clean?classes=0-4``, ``digits?classes=1,3,5``, ranges and
+  single classes joined by commas); the other options stay in the spec."""
+  head, q, options = spec.partition("?")
+  items = options.split("&") if q else []
+  found = [i for i in items if i.startswith("classes=")]
+  if not found:
+    return spec, None
+  rest = [i for i in items if not i.startswith("classes=")]
+  value = found[-1][len("classes="):]
+  classes = []
+  for part in value.split(","):
+    m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
+    if not m or (m.group(2) and not 0 <= int(m.group(2)) - int(m.group(1))
+                 <= 1_000_000):
+      raise ValueError(f"data set {spec!r}: classes={value!r} must be class "
+                       "indices and ranges joined by commas, e.g. "
+                       "?classes=0-4 or ?classes=1,3,5")
+    lo = int(m.group(1))
+    classes += range(lo, int(m.group(2) or lo) + 1)
+  if len(found) > 1 or len(set(classes)) != len(classes):
+    raise ValueError(f"data set {spec!r}: name each class once, in one "
+                     "classes= option")
+  return head + ("?" + "&".join(rest) if rest else ""), classes
+
+
 def load(spec: str, split: str = "train", *, seed: int = 0,
          labels_per_class: int | None = None,
          classes: Sequence[int] | None = None, relabel: bool = True,
@@ -412,9 +484,10 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
 
   Args:
     spec: ``mnist1d[:preset]``, ``digits[:preset]``, ``moons[:angle]``,
-      ``npz:<path>``, ``tfds:<name>[:<train split>[:<test split>]]`` or
+      ``coil[:all|1|2]``, ``npz:<path>``, ``tfds:<name>[:<train split>[:<test split>]]`` or
       ``folder:<root>``; image options after ``?``
-      (:mod:`tljax.data.images`).
+      (:mod:`tljax.data.images`), and on any source ``?classes=0-4`` (or
+      ``1,3,5``): keep only these classes, as ``classes`` does.
     split: ``train`` or ``test``.
     seed: seed for the label budget and example subsets.
     labels_per_class: keep this many labelled examples of each class (the
@@ -436,7 +509,13 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   if not isinstance(spec, str) or not spec:
     raise ValueError(f"a data spec is a non-empty string, got {spec!r}")
-  kind, _, arg = spec.partition(":")
+  base, spec_classes = _classes_option(spec)
+  if spec_classes is not None:
+    if classes is not None:
+      raise ValueError(f"data set {spec!r}: classes are given twice, in the "
+                       "spec (?classes=...) and as an argument; give one.")
+    classes = spec_classes
+  kind, _, arg = base.partition(":")
   key = "" if split == "train" else "_test"
   modality = None  # None: from the shape
   class_names = None
@@ -446,6 +525,9 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
   elif kind == "digits":
     d = _digits(arg or "clean")
     x, y, num_classes, modality = d["x" + key], d["y" + key], 10, "image"
+  elif kind == "coil":
+    d = _coil(arg or "all")
+    x, y, num_classes, modality = d["x" + key], d["y" + key], 20, "image"
   elif kind == "moons":
     d = _moons(arg)
     x, y, num_classes, modality = d["x" + key], d["y" + key], 2, "vector"
@@ -460,7 +542,8 @@ def load(spec: str, split: str = "train", *, seed: int = 0,
   else:
     raise ValueError(f"unknown data source {kind!r} in spec {spec!r}; use "
                      "mnist1d[:preset], digits[:preset], moons[:angle], "
-                     "npz:<path>, tfds:<name> or folder:<root>")
+                     "coil[:all|1|2], npz:<path>, tfds:<name> or "
+                     "folder:<root>")
   lazy = None
   if not isinstance(x, np.ndarray):
     # Lazy images: select on their indices, decode nothing here.

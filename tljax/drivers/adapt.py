@@ -167,7 +167,8 @@ def _loss_settings(config) -> dict:
               cdan_max_dim=config.cdan.max_dim,
               cdan_random_dim=config.cdan.random_dim,
               mcc_temperature=config.mcc_temperature,
-              pseudo_threshold=config.pseudo_threshold)
+              pseudo_threshold=config.pseudo_threshold,
+              pseudo_alignment=bool(config.get("pseudo_alignment", True)))
 
 
 def _check_settings(config):

@@ -327,11 +327,27 @@ def mcc_loss(logits: jax.Array, *, temperature: float = 2.5) -> jax.Array:
   return (jnp.sum(conf) - jnp.trace(conf)) / c
 
 
-def confident_pseudo_labels(logits: jax.Array, *, threshold: float = 0.9
+def confident_pseudo_labels(logits: jax.Array, *, threshold: float = 0.9,
+                            distribution_alignment: bool = False,
+                            axis_name: str | None = None
                             ) -> tuple[jax.Array, jax.Array]:
   """``(labels, mask)``: the arg-max class of each row of ``logits`` and
   whether its softmax probability reaches ``threshold``; both without
   gradient (Lee, 2013, "Pseudo-Label"; the confidence mask as in FixMatch,
-  Sohn et al., 2020)."""
+  Sohn et al., 2020).
+
+  With ``distribution_alignment``, the probabilities are first divided by
+  their mean over the (global) batch and renormalised, i.e. aligned to a
+  uniform class prior (ReMixMatch's distribution alignment, Berthelot et
+  al., 2020, sec. 3.2, with the batch mean as the running average): a
+  source model that sends most shifted target examples to a few classes
+  then no longer turns that bias into confident pseudo-labels.
+  """
   p = jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1)
+  if distribution_alignment:
+    mean = jnp.mean(p, axis=0, keepdims=True)
+    if axis_name is not None:
+      mean = jax.lax.pmean(mean, axis_name)
+    p = p / jnp.maximum(mean, 1e-12)
+    p = p / jnp.sum(p, axis=-1, keepdims=True)
   return jnp.argmax(p, -1), (jnp.max(p, -1) >= threshold).astype(p.dtype)

@@ -21,7 +21,11 @@ those of both domains' batch):
   2020).
 - ``self_training``: cross-entropy on the target examples whose predicted
   class has probability >= ``pseudo_threshold``, the labels from the current
-  model without gradient (Lee, 2013, "Pseudo-Label").
+  model without gradient (Lee, 2013, "Pseudo-Label"); with
+  ``pseudo_alignment`` (the default) the probabilities are first aligned to
+  a uniform class prior over the batch (ReMixMatch's distribution
+  alignment), which keeps a biased source model from collapsing the target
+  onto a few classes.
 - ``none``: source only; with ``batch['w']`` (KMM weights, Huang et al.,
   2007; see :mod:`tljax.methods.kmm`) an importance-weighted source loss.
 
@@ -234,6 +238,7 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
                     cdan_max_dim: int = 4096, cdan_random_dim: int = 1024,
                     mcc_temperature: float = 2.5,
                     pseudo_threshold: float = 0.9,
+                    pseudo_alignment: bool = True,
                     axis_name: str | None = None):
   """Source classification loss plus an adaptation term; see module doc.
 
@@ -258,6 +263,8 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
     cdan_max_dim, cdan_random_dim: :func:`cdan_map`.
     mcc_temperature: :func:`tljax.losses.alignment.mcc_loss`.
     pseudo_threshold: ``self_training``'s confidence threshold.
+    pseudo_alignment: ``self_training``'s distribution alignment (see
+      :func:`tljax.losses.alignment.confident_pseudo_labels`).
     axis_name: set under ``pmap``.
 
   Returns:
@@ -324,7 +331,8 @@ def adaptation_loss(params, state, batch, rng, *, model: nn.Module,
     loss = class_loss + lam * align
   elif alignment_name == "self_training":
     pseudo, mask = alignment.confident_pseudo_labels(
-        logits_t, threshold=pseudo_threshold)
+        logits_t, threshold=pseudo_threshold,
+        distribution_alignment=pseudo_alignment, axis_name=axis_name)
     ce_t = optax.softmax_cross_entropy_with_integer_labels(logits_t, pseudo)
     # FixMatch's reduction: the mean over the whole target batch, so the
     # term grows with the number of confident examples.
