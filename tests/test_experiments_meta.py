@@ -59,7 +59,7 @@ def test_meta_sinusoid_quick(tmp_path, name):
 
 
 @pytest.mark.parametrize("loss", ["triplet", "contrastive", "supcon",
-                                  "proxy_anchor"])
+                                  "proxy_anchor", "softmax,digits"])
 def test_metric_quick(tmp_path, loss):
   config = metric_config.get_config(f"{loss},quick")
   if loss == "proxy_anchor":
@@ -69,6 +69,15 @@ def test_metric_quick(tmp_path, loss):
   for k in ("recall@1", "recall@5", "map@r", "r_precision", "auc",
             "raw_recall@1", "raw_map@r", "raw_auc"):
     assert 0.0 <= r[k] <= 1.0 and r[k] == m[k]
+
+
+def test_data_presets_set_the_held_out_protocol():
+  for module, name in ((meta_config, "maml"), (metric_config, "triplet")):
+    c = module.get_config(f"{name},coil")
+    assert (c.data, c.train_classes, c.test_classes) == (
+        "coil", tuple(range(10)), tuple(range(10, 20)))
+    assert module.get_config(f"{name},digits,quick").data == "digits"
+    assert module.get_config(name).data == "mnist1d:standard"
 
 
 def test_bad_configs_raise_clear_errors(tmp_path):

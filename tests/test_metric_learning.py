@@ -281,3 +281,15 @@ def test_class_balanced_sampler_is_pure_and_shards_over_processes():
   with pytest.raises(ValueError, match="too few examples"):
     episodes.ClassBalancedSampler(ds, classes_per_batch=2,
                                   examples_per_class=1000)
+
+
+def test_softmax_classifier_loss_is_cross_entropy_by_hand():
+  rng = np.random.default_rng(3)
+  e, w = rng.normal(size=(6, 4)), rng.normal(size=(3, 4))
+  y = np.array([0, 2, 1, 1, 0, 2])
+  logits = e @ w.T / 2.0   # 1/sqrt(dim)
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  want = -logp[np.arange(6), y].mean()
+  got = ml.softmax_classifier_loss(jnp.asarray(e, jnp.float32), jnp.asarray(y),
+                                   jnp.asarray(w, jnp.float32))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)

@@ -21,16 +21,18 @@ Measured on this 2-core CPU (one run each, seed 0, 600 test episodes/tasks;
 full table and the one command that made it in docs/results_metric_meta.md,
 from benchmarks/meta_learning.py), 5-way accuracy 1-shot / 5-shot
 (--config.k_shot=5), mean +- 95% interval:
-  protonet  0.418 +- 0.007 / 0.573 +- 0.005   (2000 steps, ~10 s)
-  maml      0.412 +- 0.007 / 0.537 +- 0.006   (1000 steps, ~20 s)
+  protonet  0.416 +- 0.007 / 0.574 +- 0.005   (2000 steps, ~10 s)
+  maml      0.412 +- 0.007 / 0.537 +- 0.005   (1000 steps, ~20 s)
   maml --config.maml.first_order=True
-            0.345 +- 0.007 / 0.513 +- 0.005
-  hypernet  0.352 +- 0.006 / 0.441 +- 0.005   (2000 steps, ~15 s)
+            0.349 +- 0.007 / 0.512 +- 0.005
+  hypernet  0.344 +- 0.006 / 0.441 +- 0.005   (2000 steps, ~15 s)
   baseline  0.332 +- 0.005 / 0.451 +- 0.005   (2000 steps, ~10 s)
   (nearest centroid on raw inputs: 0.270 / 0.335)
+COIL-20 and digits (",coil" / ",digits", 3 seeds): the coil and digits
+sections of docs/results_metric_meta.md.
 Sinusoids, query MSE after 1 / 10 SGD steps at rate 0.01:
-  sinusoid_maml        0.772 +- 0.059 / 0.373 +- 0.041   (4000 steps, ~15 s)
-  sinusoid_pretrained  9.869 +- 2.186 / 3.296 +- 1.189 (2 of 600 tasks
+  sinusoid_maml        0.771 +- 0.059 / 0.379 +- 0.045   (4000 steps, ~15 s)
+  sinusoid_pretrained  10.266 +- 2.228 / 3.156 +- 0.955 (2 of 600 tasks
                        diverged at 10 steps and are excluded)
 """
 
@@ -39,10 +41,23 @@ import ml_collections
 from tljax import models
 
 
+# Held-out-class protocols by data set: train on some classes, test on the
+# others. coil: all 1440 COIL-20 images (20 objects x 72 poses, 32x32,
+# ../shared/data), objects 0-9 / 10-19; digits: scikit-learn's 8x8 digits.
+DATA_PRESETS = {
+    "mnist1d": {},
+    "coil": dict(data="coil", train_classes=tuple(range(10)),
+                 test_classes=tuple(range(10, 20))),
+    "digits": dict(data="digits"),
+}
+
+
 def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   parts = [p for p in arg.split(",") if p]
   quick = "quick" in parts
-  parts = [p for p in parts if p != "quick"] or ["protonet"]
+  data_preset = next((p for p in parts if p in DATA_PRESETS), "mnist1d")
+  parts = [p for p in parts
+           if p != "quick" and p not in DATA_PRESETS] or ["protonet"]
   name = parts[0]
   sinusoid = name.startswith("sinusoid_")
 
@@ -54,6 +69,9 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.data_dir = ""
   config.train_classes = (0, 1, 2, 3, 4)
   config.test_classes = (5, 6, 7, 8, 9)
+  # ",coil" / ",digits" (e.g. :protonet,coil): the same protocol on real
+  # images of held-out classes.
+  config.update(DATA_PRESETS[data_preset])
   config.n_way = 5
   config.k_shot = 1
   config.n_query = 15

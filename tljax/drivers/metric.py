@@ -2,13 +2,14 @@
 embedding (:mod:`tljax.methods.metric_learning`) trained with any of its
 losses (``config.loss``: ``triplet``, ``contrastive``, ``supcon``,
 ``ntxent``, ``multi_similarity``, ``arcface``, ``cosface``,
-``proxy_anchor``) on some classes, evaluated by retrieval (recall@k, MAP@R,
+``proxy_anchor``, or ``softmax``: a plain classifier's last hidden layer, the
+baseline) on some classes, evaluated by retrieval (recall@k, MAP@R,
 R-precision) and verification (ROC-AUC) on held-out classes, beside the same
 metrics on the raw inputs.
 
-The losses built on cosine similarity (all but ``triplet`` and
-``contrastive``) see only the embeddings' directions, so their embeddings
-are evaluated with the cosine distance; ``triplet`` and ``contrastive`` use
+The losses built on cosine similarity (all but ``triplet``,
+``contrastive`` and ``softmax``) see only the embeddings' directions, so
+their embeddings are evaluated with the cosine distance; the other three use
 ``config.distance``.
 """
 
@@ -108,7 +109,7 @@ def loss_settings(config) -> dict:
   if config.loss == "contrastive":
     return dict(pos_margin=config.pos_margin, neg_margin=config.neg_margin,
                 distance=config.distance)
-  kw = dict(config[config.loss])
+  kw = dict(config.get(config.loss) or {})
   if config.loss == "multi_similarity" and kw.get("epsilon", 0) < 0:
     kw["epsilon"] = None   # a negative epsilon: every pair, no mining
   return kw
@@ -116,6 +117,7 @@ def loss_settings(config) -> dict:
 
 def eval_distance(config) -> str:
   """The distance retrieval uses: cosine for the losses that see only
-  directions, ``config.distance`` for triplet and contrastive."""
-  return (config.distance if config.loss in ("triplet", "contrastive")
+  directions, ``config.distance`` for triplet, contrastive and softmax."""
+  return (config.distance if config.loss in ("triplet", "contrastive",
+                                            "softmax")
           else "cosine")
