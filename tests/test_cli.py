@@ -32,6 +32,11 @@ def _run(binary, *args, timeout=300):
      "learning_rate must be > 0"),
     ("adapt", ["--workdir={tmp}/w", "--config.source=moons:inf"],
      "needs an angle in degrees, a finite number"),
+    ("transfer_report", ["--workdir={tmp}/w",
+                         "--config=experiments/configs/transfer_report.py:"
+                         "candidates,quick",
+                         "--config.candidates=('ckpt:{tmp}/none', 'random')"],
+     "candidate 'ckpt:"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, binary, args, message):
   (tmp_path / "afile").write_text("not a directory")

@@ -180,3 +180,56 @@ def test_candidate_checkpoint_of_another_input_shape_fails(tmp_path):
     transfer_report.train_and_evaluate(
         _candidates(candidates=(f"ckpt:{tmp_path}/nowhere", "random")),
         str(tmp_path / "w"))
+
+
+def test_candidate_weights_file_is_scored_on_its_own_features(tmp_path):
+  """A torchvision-layout ResNet saved as .safetensors is a candidate: its
+  scores are those of the torch model's own features and probabilities on
+  the labelled target examples; a file that is no classifier, or no file,
+  is one error naming the candidate."""
+  import safetensors.numpy
+  import safetensors.torch
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import torch_reference as ref  # pylint: disable=g-import-not-at-top
+  from tljax import data
+  from tljax.methods import transferability
+  # Ten classes, as the target: the same classifier as "random" (compiled
+  # once for both).
+  net = ref.torch_resnet(18, 10, width=4, in_chans=1, seed=3)
+  path = str(tmp_path / "r18.safetensors")
+  safetensors.torch.save_file(net.state_dict(), path)
+  config = _candidates(candidates=(f"ckpt:{path}", "random"),
+                       target="digits", strategies=("linear_probe",),
+                       budgets=(5,), num_seeds=1)
+  config.model.name = "resnet18"
+  config.model.resnet.width = 4
+  m = transfer_report.train_and_evaluate(config, str(tmp_path / "w"))
+  m = m["candidates"]
+  labelled = data.load("digits", seed=config.seed, labels_per_class=5)
+  logits, feats = ref.outputs(net, labelled.x)
+  want = transferability.scores(feats, transfer_report._softmax(logits),
+                                labelled.y)
+  got = m["scores"][f"ckpt:{path}"]["5"]
+  for sc in transferability.SCORES:
+    np.testing.assert_allclose(got[sc]["mean"], want[sc], rtol=1e-3,
+                               atol=1e-4, err_msg=sc)
+  assert set(m["accuracy"]) == {f"ckpt:{path}", "random"}
+  # Not a classifier: no fc in the file; no weights layout at all.
+  sd = {k: v for k, v in safetensors.numpy.load_file(path).items()
+        if not k.startswith("fc.")}
+  headless = str(tmp_path / "headless.safetensors")
+  safetensors.numpy.save_file(sd, headless)
+  other = str(tmp_path / "bert.safetensors")
+  safetensors.numpy.save_file({"embeddings.weight": np.zeros((3, 4),
+                                                             np.float32)},
+                              other)
+  # (Read before anything else is built: checked on the candidate list
+  # alone; the binary's exit status 2 for them is in test_cli.py.)
+  target = data.load("digits")
+  for bad, error, match in ((headless, ValueError, "holds no classifier"),
+                            (other, ValueError, "holds neither"),
+                            (str(tmp_path / "nowhere"), FileNotFoundError,
+                             "nothing at")):
+    config.candidates = (f"ckpt:{bad}", "random")
+    with pytest.raises(error, match=f"candidate 'ckpt:{bad}': .*{match}"):
+      transfer_report._parse_candidates(config, target)

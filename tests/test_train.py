@@ -267,6 +267,51 @@ def test_lean_run_matches_a_loop_of_steps_and_compiles_once(scan):
   assert trainer.num_compiles == 1
 
 
+def test_stacked_batch_indices_are_the_per_step_ones():
+  """Each epoch's permutation drawn once gives exactly the per-step
+  indices, across epoch boundaries (n smaller than a batch too), from any
+  start step, on each of several processes."""
+  for n, bs, steps, start in ((10, 16, 9, 0), (64, 16, 13, 3), (7, 4, 5, 11)):
+    for pc in (1, 2):
+      for pi in range(pc):
+        got = data_lib.batching.stacked_batch_indices(
+            n, bs, steps, seed=5, start_step=start, process_index=pi,
+            process_count=pc)
+        want = np.stack([data_lib.batching.local_batch_indices(
+            n, bs, start + s, 5, process_index=pi, process_count=pc)
+                         for s in range(steps)])
+        np.testing.assert_array_equal(got, want)
+        assert not got.flags.writeable  # cached: nobody may change it
+
+
+def test_norms_are_cheap_and_optional():
+  """tree_l2_norm against a float64 norm of every leaf (small leaves
+  concatenated, a large one reduced alone, bf16 promoted); a step without
+  norms gives the same state and the same other metrics."""
+  rng = np.random.default_rng(0)
+  tree = {"big": rng.normal(size=(300, 300)).astype(np.float32),
+          "b": rng.normal(size=(7,)).astype(np.float32),
+          "k": {"w": rng.normal(size=(5, 3)).astype(np.float32),
+                "h": jnp.asarray(rng.normal(size=(4,)), jnp.bfloat16)}}
+  want = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2)
+                     for x in jax.tree.leaves(tree)))
+  got = jax.jit(state_lib.tree_l2_norm)(tree)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(float(got), want, rtol=1e-6)
+  assert float(state_lib.tree_l2_norm({})) == 0.0
+  _, state0, step = _setup()
+  batch = jax.tree.map(jnp.asarray, {k: v[:16] for k, v in _data().items()})
+  full_state, full = jax.jit(step)(state0, batch, jax.random.key(0))
+  lean_state, lean = jax.jit(functools.partial(step, norms=False))(
+      state0, batch, jax.random.key(0))
+  chex.assert_trees_all_equal(lean_state.params, full_state.params)
+  assert set(full) - set(lean) == {"l2_grads", "l2_params", "l2_updates"}
+  for k in lean:
+    np.testing.assert_array_equal(lean[k], full[k])
+  np.testing.assert_allclose(full["l2_params"],
+                             optax.tree.norm(full_state.params), rtol=1e-6)
+
+
 @pytest.mark.parametrize("scan", [False, True])
 def test_lean_run_is_the_same_on_one_device_a_mesh_and_pmap(scan):
   """A sweep's numbers do not depend on the parallel mode (4 CPU devices)."""
@@ -294,6 +339,14 @@ def test_lean_run_nan_names_the_step(scan):
   with pytest.raises(trainer_lib.TrainingDiverged, match="diverged at step"):
     trainer_lib.Trainer(step, parallel="single", scan=scan).run(
         state0, bad, batch_size=64, num_steps=3, seed=0,
+        rng=jax.random.key(0))
+  # Batches of 16: the first one holding the NaN example names its step.
+  first = next(s for s in range(4) if 5 in data_lib.batching.batch_indices(
+      64, 16, s, 0))
+  with pytest.raises(trainer_lib.TrainingDiverged,
+                     match=f"diverged at step {first + 1}:"):
+    trainer_lib.Trainer(step, parallel="single", scan=scan).run(
+        state0, bad, batch_size=16, num_steps=4, seed=0,
         rng=jax.random.key(0))
   with pytest.raises(ValueError, match="same length"):
     trainer_lib.stack_batches({"x": bad["x"], "y": bad["y"][:3]}, 4, 2,

@@ -47,16 +47,22 @@ predicted the fine-tuned accuracy:
       --config=experiments/configs/transfer_report.py:candidates
 
 pretrains CNNs on four mnist1d domains (clean, standard, sheared,
-translated; 1000 steps each) and adds an untrained one (random); the target
-is mnist1d:noisy at 5, 20 and all labels per class, 2 seeds, linear_probe
-and finetune. Your own list: --config.candidates="('data:mnist1d:clean',
-'ckpt:/tmp/tljax/report/source', 'random')". Smoke test (seconds):
+translated) and on a source with fewer classes (clean's digits 0-4:
+data:mnist1d:clean?classes=0-4), 1000 steps each, and adds an untrained
+one (random); the target is mnist1d:noisy at 5, 20 and all labels per
+class, 2 seeds, linear_probe and finetune. Your own list:
+--config.candidates="('data:mnist1d:clean', 'ckpt:/tmp/tljax/report/source',
+'random')" (ckpt: also reads torchvision / timm .safetensors and big_vision
+.npz weights files with their classifier, on a target and model config
+they fit, e.g. --config.model.name=resnet18). Smoke test (seconds):
 --config=experiments/configs/transfer_report.py:candidates,quick.
-Measured (docs/results_transferability.md): 151 s wall, 101 s CPU on the
-2-core CPU; the best source at every budget is mnist1d:standard (38.0% at
-5 labels/class, 48.8% at 20, 58.7% with all), picked by LEEP, LogME and NCE
-at every budget and by H-score at 20 and all (tied at 5); TransRate picked
-none.
+Measured 2026-12-02 (docs/results_transferability.md): 331 s wall, 84 s
+CPU on one core shared with another job; the best source at every budget
+is mnist1d:standard (38.2% at 5 labels/class, 48.6% at 20, 59.2% with
+all), picked by LEEP, LogME and NCE at every budget and by H-score at 20
+and all (tied at 5); TransRate picked none. The fewer-classes source is
+fifth of six after fine-tuning at every budget, and fifth by LEEP, LogME
+and NCE.
 """
 
 import ml_collections
@@ -126,6 +132,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   if "candidates" in args:
     c.candidates = ("data:mnist1d:clean", "data:mnist1d:standard",
                     "data:mnist1d:sheared", "data:mnist1d:translated",
+                    "data:mnist1d:clean?classes=0-4",  # fewer classes
                     "random")
     c.pretrain.num_steps = 1000
     c.update(strategies=("linear_probe", "finetune"), budgets=(5, 20, 0),

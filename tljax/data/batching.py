@@ -8,6 +8,7 @@ sees exactly the batches an uninterrupted run would. With several processes
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator
 
 import jax
@@ -60,6 +61,42 @@ def local_batch_indices(n: int, batch_size: int, step: int, seed: int, *,
   return batch_indices(n, batch_size, step, seed)[pi * per:(pi + 1) * per]
 
 
+def stacked_batch_indices(n: int, batch_size: int, num_steps: int, *,
+                          seed: int, start_step: int = 0,
+                          process_index: int | None = None,
+                          process_count: int | None = None) -> np.ndarray:
+  """``np.stack`` of :func:`local_batch_indices` for ``num_steps`` steps
+  from ``start_step``: ``(num_steps, batch_size // process_count)``, each
+  epoch's permutation drawn once (not once per step), and the last few
+  results kept (a sweep's strategies share one labelled subset's batches).
+  The array is read-only."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  return _stacked_indices(int(n), int(batch_size), int(num_steps), int(seed),
+                          int(start_step), int(pi), int(pc))
+
+
+@functools.lru_cache(maxsize=32)
+def _stacked_indices(n, batch_size, num_steps, seed, start_step, pi, pc):
+  if n <= 0:
+    raise ValueError("cannot draw batches from an empty data set")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got "
+                     f"{batch_size!r}")
+  if batch_size % pc:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"{pc} processes")
+  first = start_step * batch_size
+  last = (start_step + num_steps) * batch_size  # one past the end
+  e0, e1 = first // n, (last - 1) // n
+  perms = np.concatenate([_epoch_perm(n, seed, e) for e in range(e0, e1 + 1)])
+  idx = perms[first - e0 * n:last - e0 * n].reshape(num_steps, batch_size)
+  per = batch_size // pc
+  idx = np.ascontiguousarray(idx[:, pi * per:(pi + 1) * per])
+  idx.flags.writeable = False
+  return idx
+
+
 def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
             start_step: int = 0, process_index: int | None = None,
             process_count: int | None = None) -> Iterator[dict]:
@@ -88,13 +125,14 @@ def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
         process_count=(jax.process_count() if process_count is None
                        else process_count))
     return
-  step = start_step
-  while True:
-    idx = local_batch_indices(n, batch_size, step, seed,
-                              process_index=process_index,
-                              process_count=process_count)
-    yield {k: v[idx] for k, v in arrays.items()}
-    step += 1
+  step, chunk = start_step, 64  # indices of 64 steps at a time: an epoch's
+  while True:                    # permutation is drawn once, not per step
+    for idx in stacked_batch_indices(n, batch_size, chunk, seed=seed,
+                                     start_step=step,
+                                     process_index=process_index,
+                                     process_count=process_count):
+      yield {k: v[idx] for k, v in arrays.items()}
+    step += chunk
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int

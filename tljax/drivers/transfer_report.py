@@ -57,8 +57,11 @@ accuracy (Kendall's tau, top-1 hit) per budget. A candidate is
 ``data:<spec>``     a classifier pretrained on that data set (any
                     :func:`tljax.data.load` spec) with the ``pretrain``
                     settings, in ``<workdir>/candidates/<k>``
-``ckpt:<path>``     a tljax classifier's parameters (a params directory or
-                    the workdir of a source run) of the ``model`` config
+``ckpt:<path>``     a classifier of the ``model`` config: a tljax params
+                    directory or the workdir of a source run, or a weights
+                    file with its classifier (a torchvision / timm
+                    ``.safetensors`` state dict, a big_vision ``.npz``;
+                    :mod:`tljax.models.convert`)
 ``random``          an untrained initialisation (the no-transfer baseline)
 ==================  ===========================================================
 
@@ -129,6 +132,7 @@ class _Runner:
         config, batch_size=config.batch_size, num_steps=config.num_steps)
     self._gradual: dict[int, Any] = {}
     self._streamed: dict[str, Any] = {}
+    self._init: dict[int, tuple] = {}
 
   def _tx(self, params, lr_rules=None):
     o = self.c.optim
@@ -172,8 +176,11 @@ class _Runner:
   def run(self, name: str, train: data_lib.Dataset, seed: int) -> float:
     """Test accuracy of strategy ``name`` trained on ``train``."""
     c = self.c
-    init, init_state = models.init_variables(
-        self.model, self.test.example_shape, jax.random.key(1_000_003 + seed))
+    if seed not in self._init:  # one initialisation per seed, shared by all
+      self._init[seed] = models.init_variables(  # strategies (arrays are
+          self.model, self.test.example_shape,     # immutable; runs copy)
+          jax.random.key(1_000_003 + seed))
+    init, init_state = self._init[seed]
     if name == "scratch":
       return self._accuracy(self._train(name, init, init_state, train, seed))
     if name == "linear_probe":
@@ -415,8 +422,9 @@ def _target(c) -> tuple[data_lib.Dataset, data_lib.Dataset]:
 # ------------------------------------------------------------ candidates
 SCORE_NAMES = {"leep": "LEEP", "log_me": "LogME", "h_score": "H-score",
                "nce": "NCE", "transrate": "TransRate"}
-CANDIDATE_FORMS = ("data:<data spec> (pretrain on it), ckpt:<params directory "
-                   "or workdir> (a tljax classifier), random (untrained)")
+CANDIDATE_FORMS = ("data:<data spec> (pretrain on it), ckpt:<params directory, "
+                   "workdir or .safetensors / .npz weights file> (a "
+                   "classifier), random (untrained)")
 
 
 @dataclasses.dataclass
@@ -466,13 +474,23 @@ def _check_candidate_config(c, model) -> list[str]:
 
 def _checkpoint_candidate(c, spec: str, path: str, shape,
                           modality) -> _Candidate:
-  raw = common.read_variables(path)[0]  # checked here for a clearer error
+  try:  # read here for errors that name the candidate
+    raw = common.read_variables(path)[0]
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f"candidate {spec!r}: nothing at {path!r}; give the workdir of a "
+        "source run, its params directory, or a .safetensors / .npz weights "
+        "file") from None
+  except ValueError as e:
+    raise ValueError(f"candidate {spec!r}: {e}") from None
   head = raw.get("head") if isinstance(raw, dict) else None
   kernel = head.get("kernel") if isinstance(head, dict) else None
   if kernel is None or np.ndim(kernel) != 2:
-    raise ValueError(f"candidate {spec!r}: {path} holds no tljax classifier "
-                     "(its parameters have no head/kernel); point it at the "
-                     "workdir of a source run or at its params directory.")
+    raise ValueError(f"candidate {spec!r}: {path} holds no classifier (its "
+                     "parameters have no head/kernel, which the scores "
+                     "need); point it at the workdir of a source run, its "
+                     "params directory, or a weights file with its "
+                     "classifier (fc / head).")
   model = models.build_classifier(c.model, int(np.shape(kernel)[-1]), shape,
                                   modality)
   init, init_state = models.init_variables(model, shape, c.seed)

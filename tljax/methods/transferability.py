@@ -66,7 +66,6 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 SCORES = ("leep", "log_me", "h_score", "nce", "transrate")
 
@@ -474,6 +473,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
   a, b = _pair(a, b, ("a", "b"))
   if np.all(a == a[0]) or np.all(b == b[0]):
     return float("nan")
+  # Imported here: scipy.stats takes seconds to import, for this alone.
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   return float(stats.kendalltau(a, b).statistic)
 
 

@@ -53,6 +53,14 @@ def _copier(sharding):
   return jax.jit(lambda tree: tree, out_shardings=sharding)
 
 
+@functools.lru_cache(maxsize=None)
+def _gatherer(sharding):
+  # One program per array shapes: the batches of a run, gathered where the
+  # examples already are (no host copy of every step's batch).
+  return jax.jit(lambda arrays, idx: jax.tree.map(lambda a: a[idx], arrays),
+                 out_shardings=sharding)
+
+
 def _slice(batches, i):
   return jax.tree.map(lambda a: a[i], batches)
 
@@ -210,6 +218,21 @@ class CompiledStep:
           lambda x: jax.make_array_from_process_local_data(
               sharding, np.asarray(x)), batches)
     return jax.device_put(batches)
+
+  def gather_batches(self, arrays: dict, idx: np.ndarray):
+    """``{k: arrays[k][idx]}`` placed as :meth:`put_batches` places stacked
+    batches, gathered on the devices from one copy of ``arrays`` (``idx``:
+    steps x this process's batch, e.g.
+    :func:`tljax.data.batching.stacked_batch_indices`). ``None`` under
+    ``pmap`` or with several processes: stack on the host there."""
+    if self.mode == "pmap" or jax.process_count() > 1:
+      return None
+    check_divisible({k: idx[0] for k in arrays}, self._local_devices())
+    if self.mode == "mesh":
+      arrays = jax.device_put(arrays, NamedSharding(self.mesh, P()))
+      return _gatherer(NamedSharding(self.mesh, P(None, "data")))(arrays,
+                                                                  idx)
+    return _gatherer(None)(arrays, idx)
 
   def metrics(self, metrics):
     """Metrics as host values (the first replica's under pmap)."""

@@ -9,7 +9,10 @@ A method supplies only a loss function
 and :func:`train_step` turns it into a step: it differentiates ``params``
 (nothing else in the state), averages gradients over ``axis_name`` under
 ``pmap``, applies the optimizer, and adds ``loss``, ``l2_grads``,
-``l2_params`` and ``l2_updates`` to the metrics. A model with state
+``l2_params`` and ``l2_updates`` to the metrics (``norms=False``: the
+loss alone; :func:`tree_l2_norm` keeps the norms cheap on small models,
+where one reduction per leaf and tree had doubled a step's XLA
+operations). A model with state
 (BatchNorm statistics, in ``state.model_state``) makes the loss return
 ``(loss, (metrics, new_model_state))`` (:func:`tljax.models.apply_train`);
 the step stores the new model state, averaged over ``axis_name`` under
@@ -61,10 +64,39 @@ def create_train_state(params: PyTree, tx: optax.GradientTransformation, *,
                     model_state=dict(model_state or {}))
 
 
+# Leaves up to this size are concatenated into one reduction by
+# tree_l2_norm (bounded extra memory; larger leaves are reduced in place).
+_SMALL_LEAF = 1 << 16
+
+
+def tree_l2_norm(tree: PyTree) -> jax.Array:
+  """The l2 norm of all leaves of ``tree`` (``optax.tree.norm``), in few
+  XLA operations: the small leaves (biases, norms' scales, a small model's
+  kernels) are concatenated and reduced at once instead of one reduction
+  per leaf; leaves of more than 65536 entries are reduced on their own, so
+  the copy stays small. Float32 at least (the same value up to the order
+  of summation)."""
+  leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]
+  f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
+  small = [jnp.ravel(f32(x)) for x in leaves if x.size <= _SMALL_LEAF]
+  parts = [jnp.sum(jnp.square(f32(x))) for x in leaves
+           if x.size > _SMALL_LEAF]
+  if small:
+    parts.append(jnp.sum(jnp.square(jnp.concatenate(
+        [x.astype(jnp.result_type(*small)) for x in small]))))
+  return jnp.sqrt(sum(parts)) if parts else jnp.zeros((), jnp.float32)
+
+
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                loss_fn: Callable, tx: optax.GradientTransformation,
-               axis_name: str | None = None):
-  """One optimizer step on ``loss_fn``; see the module docstring."""
+               axis_name: str | None = None, norms: bool = True):
+  """One optimizer step on ``loss_fn``; see the module docstring.
+
+  ``norms=False`` leaves out ``l2_grads``, ``l2_params`` and
+  ``l2_updates`` (``functools.partial(step, norms=False)`` on any step
+  :func:`loss_step` made); the loss function's own metrics and ``loss``
+  stay.
+  """
   step_rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:
     step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
@@ -81,9 +113,11 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
                                                axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, loss=loss, l2_grads=optax.tree.norm(grads),
-                 l2_params=optax.tree.norm(params),
-                 l2_updates=optax.tree.norm(updates))
+  metrics = dict(metrics, loss=loss)
+  if norms:
+    metrics.update(l2_grads=tree_l2_norm(grads),
+                   l2_params=tree_l2_norm(params),
+                   l2_updates=tree_l2_norm(updates))
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state, model_state=model_state), metrics
 
@@ -91,8 +125,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
 def loss_step(loss_fn: Callable, tx: optax.GradientTransformation,
               **loss_kwargs) -> Callable:
   """The pure step of ``loss_fn`` with ``loss_kwargs`` bound (the model,
-  loss weights, ...): ``step(state, batch, rng, *, axis_name=None)``. Every
-  method family's ``make_step`` is this with its own loss."""
+  loss weights, ...): ``step(state, batch, rng, *, axis_name=None,
+  norms=True)``. Every method family's ``make_step`` is this with its own
+  loss."""
   return functools.partial(train_step, tx=tx, loss_fn=functools.partial(
       loss_fn, **loss_kwargs))
 

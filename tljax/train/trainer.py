@@ -13,7 +13,9 @@ A :class:`Trainer` compiles one step function once
 - :meth:`Trainer.run` / :meth:`Trainer.train_from`: a lean run for sweeps
   (label budgets x strategies x seeds), with no files and no printing: the
   batches of the whole run are drawn as :func:`tljax.data.batches` would
-  draw them (:func:`stack_batches`), placed on the devices once, and run by
+  draw them (:func:`stack_batches`; for arrays, gathered on the devices
+  from one copy of the examples, except under ``pmap`` and on several
+  processes, where they are stacked on the host and placed once), and run by
   one compiled program per step (or one ``lax.scan``, ``scan=True``). Every
   run whose batches have the same shapes reuses the compiled program
   (:attr:`Trainer.num_compiles`).
@@ -56,11 +58,12 @@ def check_finite(step_metrics: list[tuple[int, dict]]):
     bad = {k: float(v) for k, v in m.items()
            if np.ndim(v) == 0 and not np.isfinite(v)}
     if bad:
+      grads = (f" (l2_grads={float(m['l2_grads']):.3g})" if "l2_grads" in m
+               else "")
       raise TrainingDiverged(
-          f"training diverged at step {step}: {bad} (l2_grads="
-          f"{float(m.get('l2_grads', float('nan'))):.3g}). Lower the learning "
-          "rate, clip gradients (config.optim.grad_clip_norm), or check the "
-          "inputs for NaN/Inf.")
+          f"training diverged at step {step}: {bad}{grads}. Lower the "
+          "learning rate, clip gradients (config.optim.grad_clip_norm), or "
+          "check the inputs for NaN/Inf.")
 
 
 def stack_batches(arrays: dict[str, np.ndarray], batch_size: int,
@@ -78,10 +81,10 @@ def stack_batches(arrays: dict[str, np.ndarray], batch_size: int,
   """
   if not arrays:
     raise ValueError("stack_batches needs at least one array")
-  n = batching.num_examples(arrays)
-  idx = np.stack([batching.local_batch_indices(
-      n, batch_size, start_step + s, seed, process_index=process_index,
-      process_count=process_count) for s in range(num_steps)])
+  idx = batching.stacked_batch_indices(
+      batching.num_examples(arrays), batch_size, num_steps, seed=seed,
+      start_step=start_step, process_index=process_index,
+      process_count=process_count)
   return {k: np.asarray(v)[idx] for k, v in arrays.items()}
 
 
@@ -145,9 +148,21 @@ class Trainer:
     from the state's step on; returns ``(state, last step's metrics)``."""
     if num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    batches = stack_batches(arrays, batch_size, num_steps, seed=seed,
-                            start_step=int(state.step))
-    return self.run_stacked(state, batches, rng)
+    c = self.compiled
+    placed = None
+    if arrays and all(isinstance(v, (np.ndarray, jax.Array))
+                      for v in arrays.values()):
+      # The examples go to the devices once and the run's batches are
+      # gathered there (the same batches as stack_batches).
+      idx = batching.stacked_batch_indices(
+          batching.num_examples(arrays), batch_size, num_steps, seed=seed,
+          start_step=int(state.step))
+      placed = c.gather_batches(arrays, idx)
+    if placed is None:
+      placed = c.put_batches(stack_batches(
+          arrays, batch_size, num_steps, seed=seed,
+          start_step=int(state.step)))
+    return self._run_placed(state, placed, num_steps, rng)
 
   def train_from(self, params: PyTree, arrays: dict[str, np.ndarray], *,
                  batch_size: int, num_steps: int, seed: int, rng: jax.Array,
@@ -167,15 +182,20 @@ class Trainer:
     under ``pmap``) and the last step's metrics as Python floats. A NaN or
     Inf metric in any step raises :class:`TrainingDiverged` naming it.
     """
+    return self._run_placed(state, self.compiled.put_batches(batches),
+                            len(next(iter(batches.values()))), rng)
+
+  def _run_placed(self, state, placed, num_steps: int, rng: jax.Array):
     c = self.compiled
     start = int(state.step)
-    state, metrics = c.run(c.put_state(state), c.put_batches(batches), rng,
-                           scan=self.scan)
+    state, metrics = c.run(c.put_state(state), placed, rng, scan=self.scan)
     metrics = c.metrics(metrics)
-    num_steps = len(next(iter(batches.values())))
-    for i in range(num_steps):
-      if not all(np.isfinite(v[i]) for v in metrics.values()):
-        check_finite([(start + i + 1, {k: v[i] for k, v in metrics.items()})])
+    finite = np.ones(num_steps, bool)  # one vectorised check of all steps
+    for v in metrics.values():
+      finite &= np.isfinite(np.reshape(v, (num_steps, -1))).all(1)
+    if not finite.all():
+      i = int(np.argmin(finite))  # the first step with a NaN or Inf
+      check_finite([(start + i + 1, {k: v[i] for k, v in metrics.items()})])
     return c.device_state(state), {k: float(v[-1])
                                    for k, v in metrics.items()}
 
