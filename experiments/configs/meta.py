@@ -39,17 +39,11 @@ Sinusoids, query MSE after 1 / 10 SGD steps at rate 0.01:
 import ml_collections
 
 from tljax import models
+from tljax.data import sources
 
 
-# Held-out-class protocols by data set: train on some classes, test on the
-# others. coil: all 1440 COIL-20 images (20 objects x 72 poses, 32x32,
-# ../shared/data), objects 0-9 / 10-19; digits: scikit-learn's 8x8 digits.
-DATA_PRESETS = {
-    "mnist1d": {},
-    "coil": dict(data="coil", train_classes=tuple(range(10)),
-                 test_classes=tuple(range(10, 20))),
-    "digits": dict(data="digits"),
-}
+# Held-out-class protocols by data set (``:coil``, ``:digits``).
+DATA_PRESETS = sources.HELD_OUT_PROTOCOLS
 
 
 def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
@@ -89,6 +83,9 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.maml.test_inner_steps = 10
   config.maml.first_order = False
   config.maml.inner_rules = ()   # e.g. (("head/.*", 1.0), (".*", None))
+  # Reptile only: the inner loop of meta-training also runs on the query
+  # examples (Nichol et al.'s --train-shots; Reptile needs no held-out set).
+  config.maml.train_on_query = False
   if config.method == "anil":
     config.maml.inner_rules = (("head/.*", 1.0), (".*", None))
   if config.method == "metasgd":

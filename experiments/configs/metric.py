@@ -32,17 +32,11 @@ protocol on real images: docs/results_metric_meta.md.
 import ml_collections
 
 from tljax import models
+from tljax.data import sources
 
 
-# Held-out-class protocols by data set: train on some classes, test on the
-# others. coil: all 1440 COIL-20 images (20 objects x 72 poses, 32x32,
-# ../shared/data), objects 0-9 / 10-19; digits: scikit-learn's 8x8 digits.
-DATA_PRESETS = {
-    "mnist1d": {},
-    "coil": dict(data="coil", train_classes=tuple(range(10)),
-                 test_classes=tuple(range(10, 20))),
-    "digits": dict(data="digits"),
-}
+# Held-out-class protocols by data set (``:coil``, ``:digits``).
+DATA_PRESETS = sources.HELD_OUT_PROTOCOLS
 
 
 def get_config(arg: str = "triplet") -> ml_collections.ConfigDict:

@@ -183,6 +183,19 @@ def _digits(preset: str) -> dict[str, np.ndarray]:
   return {"x": xtr, "y": ytr, "x_test": xte, "y_test": yte}
 
 
+# Held-out-class protocols (metric learning, few-shot episodes): train on
+# some classes, test on the others; the settings a config takes (data,
+# train_classes, test_classes). coil: all 1440 COIL-20 images (20 objects x
+# 72 poses, 32x32, ../shared/data), objects 0-9 / 10-19; digits:
+# scikit-learn's 8x8 digits; mnist1d: the configs' own defaults.
+HELD_OUT_PROTOCOLS = {
+    "mnist1d": {},
+    "coil": dict(data="coil", train_classes=tuple(range(10)),
+                 test_classes=tuple(range(10, 20))),
+    "digits": dict(data="digits"),
+}
+
+
 # -------------------------------------------------------------------- coil
 def shared_data_dir() -> str:
   """``$TLJAX_SHARED_DATA``, or ``../shared/data`` beside the repository

@@ -139,7 +139,8 @@ def _classification(config, workdir):
     if method == "reptile":
       make_step = functools.partial(
           reptile.make_step, model, kind="classification",
-          inner_lr=m.inner_lr, inner_steps=m.inner_steps, inner_rules=rules)
+          inner_lr=m.inner_lr, inner_steps=m.inner_steps, inner_rules=rules,
+          train_on_query=m.get("train_on_query", False))
     elif method == "metasgd":
       # Learned rates are tuned to inner_steps steps: test with as many.
       params = maml.init_metasgd(params, _test_lr(config))

@@ -40,18 +40,29 @@ from tljax.train import state as state_lib
 
 def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
                  inner_lr=0.01, inner_steps: int | None = 5,
-                 inner_rules=None, axis_name: str | None = None):
+                 inner_rules=None, train_on_query: bool = False,
+                 axis_name: str | None = None):
   """The Reptile surrogate of a meta-batch (leading task axis), whose
   gradient in ``params`` is ``params - mean_i phi_i``; see the module
   docstring. Tasks are independent, so ``train_step``'s ``pmean`` over
   equal device shares of tasks averages ``phi`` over the global
-  meta-batch."""
+  meta-batch.
+
+  ``train_on_query``: the inner SGD runs on support and query examples
+  together. Reptile needs no held-out query, so this is Nichol et al.'s
+  ``--train-shots`` (meta-training tasks with more shots than the test's;
+  they meta-train 1-shot models on 10 or 15 shots per class); the reported
+  ``query_loss`` and ``accuracy`` are then on examples the task trained on."""
   del rng, axis_name
   ms = state_lib.model_state_of(state)
   theta = jax.lax.stop_gradient(params)
 
   def one(task):
-    phi = maml.inner_adapt(theta, task["support_x"], task["support_y"],
+    x, y = task["support_x"], task["support_y"]
+    if train_on_query:
+      x = jnp.concatenate([x, task["query_x"]])
+      y = jnp.concatenate([y, task["query_y"]])
+    phi = maml.inner_adapt(theta, x, y,
                            model=model, kind=kind, inner_lr=inner_lr,
                            inner_steps=inner_steps, first_order=True,
                            inner_rules=inner_rules, model_state=ms)
@@ -72,10 +83,11 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
               kind: str, inner_lr=0.01, inner_steps: int | None = 5,
-              inner_rules=None):
+              inner_rules=None, train_on_query: bool = False):
   """The Reptile step: :func:`reptile_loss` under ``tx`` (``optax.sgd(
-  epsilon)`` for the paper's update)."""
+  epsilon)`` for the paper's update; ``train_on_query``: see there)."""
   maml.check_config(kind, inner_steps, inner_lr)
   return state_lib.loss_step(reptile_loss, tx, model=model, kind=kind,
                              inner_lr=inner_lr, inner_steps=inner_steps,
-                             inner_rules=inner_rules)
+                             inner_rules=inner_rules,
+                             train_on_query=train_on_query)
