@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import numpy as np  # noqa: E402
 
 METHODS = ("source_only", "dann", "cdan", "cdan_e", "mmd", "coral", "mcc",
-           "adda", "self_training", "kmm", "tca", "target_supervised")
+           "adda", "self_training", "kmm", "tca", "jda", "target_supervised")
 PAIR_NAMES = {"moons": "moons -> moons:30", "mnist1d":
               "mnist1d:clean -> mnist1d:noisy",
               "digits": "digits:clean -> digits:rotated",
@@ -158,7 +158,7 @@ def tables(results, seeds, pairs, methods, total, command):
             "held out; 50 = indistinguishable):", "", head,
             "|---" * (len(pairs) + 1) + "|"]
   for method in methods:
-    if method == "tca":
+    if method in ("tca", "jda"):
       continue
     cells = []
     for pair in pairs:
@@ -192,7 +192,7 @@ def tables(results, seeds, pairs, methods, total, command):
       rs = results[(pair, method)]
       acc = [r["target_accuracy"] for r in rs]
       ref, ref_name = base, "source-only"
-      if method == "tca":
+      if method in ("tca", "jda"):
         ref = [r["raw_target_accuracy_1nn"] for r in rs]
         ref_name = "raw 1-NN"
       gain = np.mean(acc) - np.mean(ref)

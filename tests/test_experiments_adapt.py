@@ -46,7 +46,8 @@ def test_dann_quick_on_a_device_mesh_writes_results_history_and_plot(
 
 
 @pytest.mark.parametrize("method", ["source_only", "target_supervised", "mmd",
-                                    "coral", "kmm", "tca", "cdan_e", "mcc",
+                                    "coral", "kmm", "tca", "jda", "cdan_e",
+                                    "mcc",
                                     "self_training", "adda"])
 def test_each_method_quick(tmp_path, method):
   wd = str(tmp_path / method)
@@ -61,7 +62,8 @@ def test_each_method_quick(tmp_path, method):
   assert got["target_accuracy"] == m["target_accuracy"]
   if method == "kmm":
     assert got["kmm_weight_max"] > 1.0
-  if method == "tca":
+  if method in ("tca", "jda"):
+    assert got[f"{method}_n_components"] == 2  # moons: 2-d inputs
     assert {"target_accuracy_1nn", "target_accuracy_logreg",
             "raw_target_accuracy_1nn"} <= set(got)
   if method in ("mmd", "coral", "mcc", "self_training"):

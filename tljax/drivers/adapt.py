@@ -32,7 +32,8 @@ from tljax.methods import kmm as kmm_lib
 from tljax.methods import tca as tca_lib
 
 METHODS = ("source_only", "target_supervised", "dann", "cdan", "cdan_e",
-           "mmd", "coral", "mcc", "self_training", "adda", "kmm", "tca")
+           "mmd", "coral", "mcc", "self_training", "adda", "kmm", "tca",
+           "jda")
 ALIGNED = ("dann", "cdan", "cdan_e", "mmd", "coral", "mcc", "self_training")
 
 
@@ -87,16 +88,25 @@ def _subsample(ds, n, seed):
 
 
 def _run_tca(config, workdir, src, tgt, tgt_test):
-  c = config.tca
+  """TCA or JDA (``config.method``, settings under ``config.tca`` /
+  ``config.jda``): the closed-form embedding fitted on subsamples of both
+  domains, then 1-NN and logistic regression on it."""
+  method = config.method
+  c = config[method]
   xs, ys = _subsample(src, c.max_examples, config.seed)
   xt, _ = _subsample(tgt, c.max_examples, config.seed + 1)
   t0 = time.time()
-  tca = tca_lib.TCA(n_components=c.n_components, kernel=c.kernel, mu=c.mu,
-                    gamma=c.gamma if c.gamma > 0 else None).fit(xs, xt)
-  metrics = {"tca_fit_seconds": time.time() - t0,
-             "tca_n_components": tca.n_components_,
-             "tca_fit_examples": len(xs) + len(xt)}
-  acc = tca_lib.embedding_accuracies(tca, xs, ys, tgt_test.x, tgt_test.y,
+  gamma = c.gamma if c.gamma > 0 else None
+  if method == "jda":
+    sub = tca_lib.JDA(n_components=c.n_components, kernel=c.kernel, mu=c.mu,
+                      iterations=c.iterations, gamma=gamma).fit(xs, ys, xt)
+  else:
+    sub = tca_lib.TCA(n_components=c.n_components, kernel=c.kernel, mu=c.mu,
+                      gamma=gamma).fit(xs, xt)
+  metrics = {f"{method}_fit_seconds": time.time() - t0,
+             f"{method}_n_components": sub.n_components_,
+             f"{method}_fit_examples": len(xs) + len(xt)}
+  acc = tca_lib.embedding_accuracies(sub, xs, ys, tgt_test.x, tgt_test.y,
                                      classifiers=("1nn", "logreg"))
   for clf in ("1nn", "logreg"):
     metrics[f"target_accuracy_{clf}"] = acc[clf]
@@ -105,7 +115,8 @@ def _run_tca(config, workdir, src, tgt, tgt_test):
   if config.plot:
     viz.embeddings(os.path.join(workdir, "embedding.png"),
                    [("inputs", xs, xt),
-                    ("TCA embedding", tca.transform(xs), tca.transform(xt))],
+                    (f"{method.upper()} embedding", sub.transform(xs),
+                     sub.transform(xt))],
                    ys, None, seed=config.seed)
   return metrics
 
@@ -247,7 +258,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   common.validate(config)
   src, tgt, src_test, tgt_test = _load_domains(config)
   method = config.method
-  if method == "tca":
+  if method in ("tca", "jda"):
     metrics = _run_tca(config, workdir, src, tgt, tgt_test)
     return common.finish(workdir, metrics, config, t0,
                          common.result_line(metrics, f"results ({method})"))
