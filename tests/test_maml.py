@@ -261,6 +261,28 @@ def test_reptile_update_equals_hand_unrolled_sgd():
   np.testing.assert_allclose(m["loss"], 0.5 * sq, rtol=1e-4)
   assert np.isfinite(float(m["query_loss"]))
 
+  # train_on_query: the inner SGD runs on support and query together.
+  phis = []
+  for t in range(3):
+    xt = np.concatenate([batch["support_x"][t], batch["query_x"][t]])
+    yt = np.concatenate([batch["support_y"][t], batch["query_y"][t]])
+    wt, bt = w.copy(), b.copy()
+    for _ in range(steps):
+      gw, gb = _np_mse_grads(wt, bt, xt, yt)
+      wt, bt = wt - inner_lr * gw, bt - inner_lr * gb
+    phis.append((wt, bt))
+  step = jax.jit(reptile.make_step(model, tx, kind="regression",
+                                   inner_lr=inner_lr, inner_steps=steps,
+                                   train_on_query=True))
+  state, _ = step(state_lib.create_train_state(params, tx), batch,
+                  jax.random.key(0))
+  np.testing.assert_allclose(
+      state.params["kernel"],
+      w + eps * (np.mean([p[0] for p in phis], 0) - w), rtol=1e-5)
+  np.testing.assert_allclose(
+      state.params["bias"],
+      b + eps * (np.mean([p[1] for p in phis], 0) - b), rtol=1e-5)
+
 
 def test_metasgd_with_constant_rates_equals_maml():
   model = nn.Dense(3)
