@@ -241,3 +241,25 @@ def test_eval_batches_cover_everything_once():
   got = [b["x"][:n] for b, n in data.eval_batches(arrays, 4)]
   assert [len(b["x"]) for b, _ in data.eval_batches(arrays, 4)] == [4, 4, 4]
   np.testing.assert_array_equal(np.concatenate(got), np.arange(10))
+
+
+def test_batch_index_functions_refuse_bad_arguments_alike():
+  from tljax.data import batching  # pylint: disable=g-import-not-at-top
+  fns = [lambda n, b, pc: batching.local_batch_indices(
+             n, b, 0, 0, process_index=0, process_count=pc),
+         lambda n, b, pc: batching.stacked_batch_indices(
+             n, b, 3, seed=0, process_index=0, process_count=pc)]
+  for fn in fns:
+    with pytest.raises(ValueError, match="empty data set"):
+      fn(0, 4, 1)
+    with pytest.raises(ValueError, match="positive integer"):
+      fn(10, 2.5, 1)
+    with pytest.raises(ValueError, match="positive integer"):
+      fn(10, 0, 1)
+    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
+      fn(10, 4, 3)
+  # The stacked indices are the per-step ones, by an independent loop.
+  got = batching.stacked_batch_indices(7, 4, 5, seed=3, start_step=2,
+                                       process_index=1, process_count=2)
+  want = [batching.batch_indices(7, 4, 2 + s, 3)[2:4] for s in range(5)]
+  np.testing.assert_array_equal(got, np.stack(want))

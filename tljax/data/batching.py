@@ -19,13 +19,20 @@ def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng((seed, epoch)).permutation(n)
 
 
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
-  """Indices of the global batch at ``step`` (wrapping across epochs)."""
+def _check_batching(n: int, batch_size: int, process_count: int = 1):
   if n <= 0:
     raise ValueError("cannot draw batches from an empty data set")
   if int(batch_size) != batch_size or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got "
                      f"{batch_size!r}")
+  if batch_size % process_count:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"{process_count} processes")
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """Indices of the global batch at ``step`` (wrapping across epochs)."""
+  _check_batching(n, batch_size)
   start = step * batch_size
   out, pos = [], start
   while pos < start + batch_size:
@@ -54,9 +61,7 @@ def local_batch_indices(n: int, batch_size: int, step: int, seed: int, *,
   """
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
-  if batch_size % pc:
-    raise ValueError(f"batch size {batch_size} is not divisible by the "
-                     f"{pc} processes")
+  _check_batching(n, batch_size, pc)
   per = batch_size // pc
   return batch_indices(n, batch_size, step, seed)[pi * per:(pi + 1) * per]
 
@@ -72,20 +77,13 @@ def stacked_batch_indices(n: int, batch_size: int, num_steps: int, *,
   The array is read-only."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
+  _check_batching(n, batch_size, pc)
   return _stacked_indices(int(n), int(batch_size), int(num_steps), int(seed),
                           int(start_step), int(pi), int(pc))
 
 
 @functools.lru_cache(maxsize=32)
 def _stacked_indices(n, batch_size, num_steps, seed, start_step, pi, pc):
-  if n <= 0:
-    raise ValueError("cannot draw batches from an empty data set")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be a positive integer, got "
-                     f"{batch_size!r}")
-  if batch_size % pc:
-    raise ValueError(f"batch size {batch_size} is not divisible by the "
-                     f"{pc} processes")
   first = start_step * batch_size
   last = (start_step + num_steps) * batch_size  # one past the end
   e0, e1 = first // n, (last - 1) // n
