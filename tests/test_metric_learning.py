@@ -290,6 +290,6 @@ def test_softmax_classifier_loss_is_cross_entropy_by_hand():
   logits = e @ w.T / 2.0   # 1/sqrt(dim)
   logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   want = -logp[np.arange(6), y].mean()
-  got = ml.softmax_classifier_loss(jnp.asarray(e, jnp.float32), jnp.asarray(y),
+  got = losses.softmax_classifier_loss(jnp.asarray(e, jnp.float32), jnp.asarray(y),
                                    jnp.asarray(w, jnp.float32))
   np.testing.assert_allclose(float(got), want, rtol=1e-5)

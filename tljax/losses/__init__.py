@@ -17,6 +17,7 @@ from tljax.losses.metric import multi_similarity_loss
 from tljax.losses.metric import multi_similarity_miner
 from tljax.losses.metric import ntxent_loss
 from tljax.losses.metric import proxy_anchor_loss
+from tljax.losses.metric import softmax_classifier_loss
 from tljax.losses.metric import supcon_loss
 from tljax.losses.metric import triplet_loss
 from tljax.losses.transfer import distillation_kl
@@ -34,7 +35,7 @@ from tljax.losses.zero_shot import hinge_ranking_loss
 __all__ = ["accuracy", "weighted_mean", "contrastive_loss", "triplet_loss",
            "supcon_loss", "ntxent_loss", "multi_similarity_loss",
            "multi_similarity_miner", "arcface_loss", "cosface_loss",
-           "proxy_anchor_loss", "cosine_similarity",
+           "proxy_anchor_loss", "softmax_classifier_loss", "cosine_similarity",
            "distillation_kl", "l2_sp_penalty", "l2_sp_shared_mask",
            "lwf_penalty", "coral_loss", "domain_accuracy",
            "domain_classification_loss", "gaussian_mmd2", "multi_kernel_mmd2",

@@ -681,6 +681,20 @@ def arcface_loss(embeddings: jax.Array, labels: jax.Array,
   return _margin_softmax(embeddings, labels, weights, target_logit, scale)
 
 
+def softmax_classifier_loss(embeddings: jax.Array, labels: jax.Array,
+                            weights: jax.Array) -> jax.Array:
+  """Plain softmax cross-entropy of a bias-free linear classifier
+  ``weights`` ``(classes, dim)`` on the embeddings: the embedding is then
+  the last hidden layer of a classifier trained on the training classes,
+  the "pretrained classifier's features" baseline of metric learning
+  (Musgrave et al. 2020 report it beside the metric losses). Logits are
+  scaled by ``1/sqrt(dim)`` so that standard-normal ``weights``
+  (:func:`tljax.methods.metric_learning.init_proxies`) start with unit-scale logits."""
+  logits = embeddings @ weights.T / math.sqrt(embeddings.shape[-1])
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+
 def cosface_loss(embeddings: jax.Array, labels: jax.Array,
                  weights: jax.Array, *, margin: float = 0.35,
                  scale: float = 64.0) -> jax.Array:

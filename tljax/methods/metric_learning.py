@@ -175,20 +175,6 @@ def contrastive_loss(params, state, batch, rng, *, model: nn.Module,
       {"dist_same": mean_d(same), "dist_diff": mean_d(~same)}, model_state)
 
 
-def softmax_classifier_loss(embeddings: jax.Array, labels: jax.Array,
-                            weights: jax.Array) -> jax.Array:
-  """Plain softmax cross-entropy of a bias-free linear classifier
-  ``weights`` ``(classes, dim)`` on the embeddings: the embedding is then
-  the last hidden layer of a classifier trained on the training classes,
-  the "pretrained classifier's features" baseline of metric learning
-  (Musgrave et al. 2020 report it beside the metric losses). Logits are
-  scaled by ``1/sqrt(dim)`` so that standard-normal ``weights``
-  (:func:`init_proxies`) start with unit-scale logits."""
-  logits = embeddings @ weights.T / np.sqrt(embeddings.shape[-1])
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                                  labels))
-
-
 # The losses of labelled (class-balanced) batches, by name: the pure
 # functions of tljax.losses over the global batch.
 BATCH_LOSSES = {
@@ -199,7 +185,7 @@ BATCH_LOSSES = {
     "arcface": losses.arcface_loss,
     "cosface": losses.cosface_loss,
     "proxy_anchor": losses.proxy_anchor_loss,
-    "softmax": softmax_classifier_loss,
+    "softmax": losses.softmax_classifier_loss,
 }
 # Those that learn a class matrix params['proxies'].
 PROXY_LOSSES = ("arcface", "cosface", "proxy_anchor", "softmax")
