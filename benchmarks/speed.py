@@ -120,23 +120,36 @@ def _torch_threads(peer_call, torch):
   return best[1]
 
 
-def _time_pair(tljax_call, peer_call, repeats, budget_s=4.0, most=300):
-  """Interleaved timing, tljax then the peer within each repeat: at least
-  ``repeats`` repeats, more (up to ``most``) while they fit in ``budget_s``
-  seconds, so that medians of millisecond steps rest on many samples."""
-  tj, tp = [], []
-  tljax_call()
-  start = time.perf_counter()
-  while len(tj) < most and (len(tj) < repeats or
-                            time.perf_counter() - start < budget_s):
+def _time_pair(tljax_call, peer_call, repeats, budget_s=4.0, most=300,
+               block_s=0.05):
+  """Alternating blocks, tljax then the peer within each round: at least
+  ``repeats`` timed calls each, more (up to ``most``) while they fit in
+  ``budget_s`` seconds, so that medians of millisecond steps rest on many
+  samples. A block repeats a call for about ``block_s`` seconds and does
+  not time its first call: right after the other side's call, that side's
+  idle worker threads still spin on the cores (OpenMP's and Eigen's wait
+  policies), which made millisecond steps look up to 2x slower when the
+  two sides alternated call by call."""
+  def one(call):
     t = time.perf_counter()
-    tljax_call()
-    tj.append(time.perf_counter() - t)
-    if peer_call is not None:
-      t = time.perf_counter()
-      peer_call()
-      tp.append(time.perf_counter() - t)
-  return _stats(tj), (_stats(tp) if tp else None)
+    call()
+    return time.perf_counter() - t
+
+  sides = [(tljax_call, [])] + ([(peer_call, [])] if peer_call else [])
+  for call, _ in sides:
+    call()    # compiles / warms up
+  sizes = [max(1, min(50, int(block_s / max(one(c), 1e-6)))) for c, _ in
+           sides]
+  start = time.perf_counter()
+  while len(sides[0][1]) < most and (
+      min(len(ts) for _, ts in sides) < repeats or
+      time.perf_counter() - start < budget_s):
+    for (call, ts), size in zip(sides, sizes):
+      if size > 1:
+        call()    # settles the other side's threads; not timed
+      ts.extend(one(call) for _ in range(size))
+  tj = _stats(sides[0][1])
+  return tj, (_stats(sides[1][1]) if peer_call else None)
 
 
 def _close(a, b, what, rtol=CHECK_RTOL, atol=1e-7):

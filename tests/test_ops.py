@@ -88,22 +88,6 @@ def test_unknown_distance_kind_raises():
     ops.pairwise_distances(jnp.ones((2, 2)), kind="manhattan")
 
 
-def _numpy_conv(x, k, strides, pads):
-  """Direct loops: out[b, o..., f] = sum over window and channels."""
-  x = np.pad(x, [(0, 0), *pads, (0, 0)])
-  kernel, nd = k.shape[:-2], k.ndim - 2
-  out_shape = [(x.shape[1 + i] - kernel[i]) // strides[i] + 1
-               for i in range(nd)]
-  out = np.zeros((x.shape[0], *out_shape, k.shape[-1]))
-  for o in np.ndindex(*out_shape):
-    window = tuple(slice(o[i] * strides[i], o[i] * strides[i] + kernel[i])
-                   for i in range(nd))
-    patch = x[(slice(None), *window)]                       # (b, *k, c)
-    out[(slice(None), *o)] = np.tensordot(
-        patch, k, axes=(list(range(1, nd + 2)), list(range(nd + 1))))
-  return out
-
-
 @pytest.mark.parametrize("shape,kernel,strides,padding", [
     ((2, 7, 3), (5,), (2,), "SAME"),
     ((2, 9, 2), (3,), (1,), "VALID"),
@@ -111,30 +95,40 @@ def _numpy_conv(x, k, strides, pads):
     ((1, 9, 8, 3), (5, 5), (2, 2), ((2, 1), (2, 2))),
     ((2, 5, 5, 4), (1, 1), (2, 2), "VALID"),
     ((2, 6, 7, 2), (3, 3), (2, 2), "SAME"),
+    ((1, 4, 5, 3, 2), (2, 3, 2), (1, 2, 1), "SAME"),
 ])
-def test_conv_is_the_convolution_and_its_gradient(shape, kernel, strides,
-                                                  padding):
+def test_conv_and_its_gradients_are_the_convolution(shape, kernel, strides,
+                                                    padding):
   rng = np.random.default_rng(0)
   x = rng.normal(size=shape).astype(np.float32)
   k = rng.normal(size=(*kernel, shape[-1], 3)).astype(np.float32)
   nd = len(kernel)
-  dims = ("N" + "HW"[:nd] + "C", "HW"[:nd] + "IO", "N" + "HW"[:nd] + "C")
+  dims = ("N" + "HWD"[:nd] + "C", "HWD"[:nd] + "IO", "N" + "HWD"[:nd] + "C")
   pads = (jax.lax.padtype_to_pads(shape[1:-1], kernel, strides, padding)
           if isinstance(padding, str) else padding)
-  conv = lambda x, k: ops.conv(x, k, strides, padding,  # noqa: E731
-                               dimension_numbers=dims)
-  out = jax.jit(conv)(x, k)
-  np.testing.assert_allclose(out, _numpy_conv(x, k, strides, pads),
-                             rtol=1e-4, atol=1e-4)
-  # gradients against XLA's own convolution (a different algorithm)
-  w = rng.normal(size=out.shape).astype(np.float32)
-  f = lambda conv: lambda x, k: jnp.sum(w * conv(  # noqa: E731
+  out = jax.jit(lambda x, k: ops.conv(x, k, strides, padding,
+                                      dimension_numbers=dims))(x, k)
+  # Forward and kernel gradient against direct float64 loops over the
+  # output positions: out[b, o, f] = sum_{window, c} x * k, and
+  # dL/dk[window, c, f] = sum_{b, o} x[b, o * s + window, c] w[b, o, f].
+  xp = np.pad(x.astype(np.float64), [(0, 0), *pads, (0, 0)])
+  w = rng.normal(size=out.shape)
+  want, want_dk = np.zeros(out.shape), np.zeros(k.shape)
+  for o in np.ndindex(*out.shape[1:-1]):
+    window = tuple(slice(o[i] * strides[i], o[i] * strides[i] + kernel[i])
+                   for i in range(nd))
+    patch = xp[(slice(None), *window)]                     # (b, *k, c)
+    want[(slice(None), *o)] = np.tensordot(
+        patch, k, axes=(list(range(1, nd + 2)), list(range(nd + 1))))
+    want_dk += np.tensordot(patch, w[(slice(None), *o)], axes=(0, 0))
+  np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4)
+  loss = lambda conv: lambda x, k: jnp.sum(w * conv(  # noqa: E731
       x, k, strides, padding, dimension_numbers=dims))
-  g_ours = jax.jit(jax.grad(f(ops.conv), argnums=(0, 1)))(x, k)
-  g_xla = jax.jit(jax.grad(f(jax.lax.conv_general_dilated),
-                           argnums=(0, 1)))(x, k)
-  for a, b in zip(g_ours, g_xla):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  dx, dk = jax.jit(jax.grad(loss(ops.conv), argnums=(0, 1)))(x, k)
+  np.testing.assert_allclose(dk, want_dk, rtol=1e-4, atol=1e-4)
+  lax_dx, _ = jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(
+      x, k)
+  np.testing.assert_allclose(dx, lax_dx, rtol=1e-5, atol=1e-5)
 
 
 def test_conv_leaves_what_it_does_not_cover_to_xla():

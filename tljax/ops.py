@@ -4,6 +4,7 @@ distances and kernels.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -76,72 +77,107 @@ def gaussian_kernel(a: jax.Array, b: jax.Array | None = None, *,
   return jnp.exp(-gamma * pairwise_sq_distances(a, b))
 
 
-def _channels_last_conv(lhs, rhs, window_strides, padding, lhs_dilation,
-                        rhs_dilation, dimension_numbers, feature_group_count):
-  """Whether :func:`conv` may run this convolution as one matmul."""
+def _channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count) -> bool:
+  """Whether :func:`conv` covers this convolution (NHWC-style, HWIO-style
+  kernel, undilated, ungrouped)."""
   nd = rhs.ndim - 2
-  if nd < 1 or feature_group_count != 1:
+  if nd < 1 or feature_group_count != 1 or dimension_numbers is None:
     return False
   if any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ())):
     return False
-  spec = jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, ("N" + "HWD"[:nd] + "C", "HWD"[:nd] + "IO",
-                             "N" + "HWD"[:nd] + "C"))
-  given = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                         dimension_numbers)
-  if given != spec:
+  spatial = "HWD"[:nd] if nd <= 3 else None
+  if spatial is None:
     return False
-  return isinstance(padding, str) or all(lo >= 0 and hi >= 0
-                                         for lo, hi in padding)
+  want = jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, ("N" + spatial + "C", spatial + "IO",
+                             "N" + spatial + "C"))
+  return jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                        dimension_numbers) == want
+
+
+def _lax_conv(x, k, strides, pads):
+  nd = k.ndim - 2
+  spatial = "HWD"[:nd]
+  return jax.lax.conv_general_dilated(
+      x, k, strides, pads, dimension_numbers=("N" + spatial + "C",
+                                              spatial + "IO",
+                                              "N" + spatial + "C"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x, k, strides, pads):
+  return _lax_conv(x, k, strides, pads)
+
+
+def _conv_fwd(x, k, strides, pads):
+  return _lax_conv(x, k, strides, pads), (x, k)
+
+
+def _conv_bwd(strides, pads, res, g):
+  x, k = res
+  # The input gradient is XLA's own (a transposed convolution; unused, and
+  # removed by XLA, where the input needs none).
+  dx, = jax.vjp(lambda x: _lax_conv(x, k, strides, pads), x)[1](g)
+  # The kernel gradient as one matmul per kernel offset: the strided input
+  # window under that offset, (batch * out positions, cin)^T times the
+  # output gradient, (batch * out positions, cout).
+  xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+  out = g.shape[1:-1]
+  g2 = g.reshape(-1, g.shape[-1])
+  taps = []
+  for offset in itertools.product(*(range(n) for n in k.shape[:-2])):
+    limit = (xp.shape[0], *(o + (n - 1) * s + 1
+                            for o, n, s in zip(offset, out, strides)),
+             xp.shape[-1])
+    window = jax.lax.slice(xp, (0, *offset, 0), limit, (1, *strides, 1))
+    taps.append(window.reshape(-1, x.shape[-1]).T @ g2)
+  return dx, jnp.stack(taps).reshape(k.shape).astype(k.dtype)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
          precision=None, preferred_element_type=None):
-  """``jax.lax.conv_general_dilated`` that XLA:CPU runs fast.
+  """``jax.lax.conv_general_dilated`` with a faster kernel gradient on the
+  CPU.
 
-  On the CPU, XLA's convolution backward passes are several times slower
-  than a matrix product of the same FLOPs; this runs a channels-last,
-  undilated, ungrouped convolution as im2col (``prod(kernel)`` strided
-  slices of the padded input, concatenated on the channel axis) times the
-  reshaped kernel, whose forward and backward passes are all matmuls. The
-  result is the same convolution (to float rounding). On other backends,
-  and for layouts or options it does not cover, it is
-  ``lax.conv_general_dilated`` itself. The signature is lax's, so it plugs
-  into ``flax.linen.Conv(..., conv_general_dilated=conv)``.
+  The forward pass and the input gradient are XLA's own convolution; the
+  gradient in the kernel, which XLA:CPU computes several times slower than
+  a matmul of the same FLOPs (``benchmarks/conv_kernels.py``), is one
+  matmul per kernel offset (strided window of the padded input, transposed,
+  times the output gradient), the same sum in another order. Channels-last
+  (``NHWC`` / ``HWIO``-style), undilated, ungrouped convolutions in 1-3
+  spatial dimensions take this path on the CPU; everything else, and
+  every other backend, is ``lax.conv_general_dilated`` itself. The
+  signature is lax's, so it plugs into ``flax.linen.Conv(...,
+  conv_general_dilated=conv)``.
 
     >>> import numpy as np
     >>> x, k = np.ones((1, 5, 5, 2), np.float32), np.ones((3, 3, 2, 4), np.float32)
     >>> float(conv(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0, 2, 2, 0])
     18.0
   """
-  args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-          dimension_numbers, feature_group_count)
-  if (jax.default_backend() != "cpu" or dimension_numbers is None
-      or not _channels_last_conv(*args)):
+  if (jax.default_backend() != "cpu" or precision is not None
+      or preferred_element_type is not None
+      or not _channels_last(lhs, rhs, lhs_dilation, rhs_dilation,
+                            dimension_numbers, feature_group_count)):
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count, precision=precision,
         preferred_element_type=preferred_element_type)
-  kernel = rhs.shape[:-2]
-  strides = tuple(window_strides)
+  strides = tuple(int(s) for s in window_strides)
   if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], kernel, strides,
-                                      padding)
-  x = jnp.pad(lhs, [(0, 0), *[tuple(p) for p in padding], (0, 0)])
-  out = [(x.shape[1 + i] - k) // s + 1
-         for i, (k, s) in enumerate(zip(kernel, strides))]
-  cols = []
-  for offset in itertools.product(*(range(k) for k in kernel)):
-    start = (0, *offset, 0)
-    limit = (x.shape[0], *(o + (n - 1) * s + 1
-                           for o, n, s in zip(offset, out, strides)),
-             x.shape[-1])
-    cols.append(jax.lax.slice(x, start, limit, (1, *strides, 1)))
-  cols = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return jnp.matmul(cols, rhs.reshape(-1, rhs.shape[-1]), precision=precision,
-                    preferred_element_type=preferred_element_type)
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], rhs.shape[:-2],
+                                      strides, padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if any(lo < 0 or hi < 0 for lo, hi in pads):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                        dimension_numbers=dimension_numbers)
+  return _conv(lhs, rhs, strides, pads)
 
 
 def max_pool_2x2(x):

@@ -98,12 +98,11 @@ class CNN2D(_ConvNet):
   layers, each followed by 2x2 max pooling while the image is large enough,
   then a dense layer.
 
-  The convolutions run through :func:`tljax.ops.conv` (im2col matmuls on
-  the CPU, where XLA's backward convolutions with few channels are slow)
-  and the pooling through :func:`tljax.ops.max_pool_2x2`: the same
-  function as ``nn.Conv`` and ``nn.max_pool`` (tested), with the same
-  parameters, about twice as fast a training step on the CPU
-  (``benchmarks/speed.py``).
+  The pooling runs through :func:`tljax.ops.max_pool_2x2`: the same
+  function as ``nn.max_pool`` (tested), with a faster backward pass on the
+  CPU (a 1.4x faster step at B = 256, ``benchmarks/conv_kernels.py``'s
+  notes in BUILD.md). The convolutions are XLA's own: im2col matmuls were
+  measured slower for every pass this step uses.
   """
   channels: Sequence[int] = (32, 64)
   dense: int = 128
