@@ -163,7 +163,10 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if (jax.default_backend() != "cpu" or precision is not None
       or preferred_element_type is not None
       or not _channels_last(lhs, rhs, lhs_dilation, rhs_dilation,
-                            dimension_numbers, feature_group_count)):
+                            dimension_numbers, feature_group_count)
+      or rhs.shape[-2] < 4):
+    # With 1-3 input channels XLA's own kernel gradient was faster
+    # (measured at 1 channel, 256 x 28 x 28: 17 ms against 28 ms).
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
