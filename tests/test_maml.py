@@ -284,6 +284,78 @@ def test_reptile_update_equals_hand_unrolled_sgd():
       b + eps * (np.mean([p[1] for p in phis], 0) - b), rtol=1e-5)
 
 
+def _np_adam_phi(w, b, x, y, lr, steps, b1):
+  """``steps`` Adam steps (Kingma & Ba, b2 = 0.999, eps = 1e-8, fresh
+  moments) on mean((x @ w + b - y)^2), in numpy."""
+  ps = [w.copy(), b.copy()]
+  m = [np.zeros_like(p) for p in ps]
+  v = [np.zeros_like(p) for p in ps]
+  for t in range(1, steps + 1):
+    gs = _np_mse_grads(ps[0], ps[1], x, y)
+    for i, g in enumerate(gs):
+      m[i] = b1 * m[i] + (1 - b1) * g
+      v[i] = 0.999 * v[i] + 0.001 * g ** 2
+      m_hat, v_hat = m[i] / (1 - b1 ** t), v[i] / (1 - 0.999 ** t)
+      ps[i] = ps[i] - lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+  return ps
+
+
+@pytest.mark.parametrize("b1", [0.0, 0.9])
+def test_reptile_adam_inner_loop_equals_numpy_adam(b1):
+  """Reptile with inner_optimizer='adam': each task's phi is numpy Adam
+  from theta with a fresh state, the outer step theta + eps (mean phi -
+  theta); the test-time fine-tuning (adaptation_curve) takes the same
+  steps; a frozen leaf stays put."""
+  model = nn.Dense(1)
+  rng = np.random.default_rng(5)
+  w, b = rng.normal(size=(2, 1)), rng.normal(size=(1,))
+  batch = {"support_x": rng.normal(size=(3, 4, 2)),
+           "support_y": rng.normal(size=(3, 4, 1)),
+           "query_x": rng.normal(size=(3, 2, 2)),
+           "query_y": rng.normal(size=(3, 2, 1))}
+  batch = {k: v.astype(np.float32) for k, v in batch.items()}
+  lr, steps, eps = 0.05, 4, 0.5
+  phis = [_np_adam_phi(w, b, batch["support_x"][t], batch["support_y"][t],
+                       lr, steps, b1) for t in range(3)]
+  params = {"kernel": jnp.asarray(w, jnp.float32),
+            "bias": jnp.asarray(b, jnp.float32)}
+  tx = optax.sgd(eps)
+  step = jax.jit(reptile.make_step(model, tx, kind="regression",
+                                   inner_lr=lr, inner_steps=steps,
+                                   inner_optimizer="adam", inner_b1=b1))
+  state, _ = step(state_lib.create_train_state(params, tx), batch,
+                  jax.random.key(0))
+  for i, k in enumerate(("kernel", "bias")):
+    want = params[k] + eps * (np.mean([p[i] for p in phis], 0) - params[k])
+    np.testing.assert_allclose(state.params[k], want, rtol=1e-5, atol=1e-6)
+
+  inner_tx = reptile.inner_transform("adam", b1)
+  losses, _ = maml.adaptation_curve(params, batch, model=model,
+                                    kind="regression", inner_lr=lr,
+                                    inner_steps=steps, inner_tx=inner_tx)
+  want = [np.mean((batch["query_x"][t] @ phis[t][0] + phis[t][1]
+                   - batch["query_y"][t]) ** 2) for t in range(3)]
+  np.testing.assert_allclose(losses[:, -1], want, rtol=1e-5)
+
+  frozen = maml.inner_adapt(params, batch["support_x"][0],
+                            batch["support_y"][0], model=model,
+                            kind="regression", inner_lr=lr,
+                            inner_steps=steps, inner_tx=inner_tx,
+                            inner_rules=(("bias", None), (".*", 1.0)))
+  np.testing.assert_array_equal(frozen["bias"], params["bias"])
+  assert float(jnp.abs(frozen["kernel"] - params["kernel"]).max()) > 1e-3
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(inner_optimizer="rmsprop"), "unknown inner_optimizer"),
+    (dict(inner_optimizer="adam", inner_b1=1.0), "inner_b1"),
+])
+def test_reptile_bad_inner_optimizer_raises(kwargs, msg):
+  with pytest.raises(ValueError, match=msg):
+    reptile.make_step(nn.Dense(1), optax.sgd(1.0), kind="regression",
+                      inner_lr=0.1, inner_steps=2, **kwargs)
+
+
 def test_metasgd_with_constant_rates_equals_maml():
   model = nn.Dense(3)
   params = model.init(jax.random.key(1), jnp.zeros((1, 4)))["params"]

@@ -110,12 +110,17 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
                 model: nn.Module, kind: str, inner_lr=0.01,
                 inner_steps: int | None = 1, first_order: bool = False,
                 inner_rules=None, return_path: bool = False,
-                model_state: PyTree | None = None, lr_tree=None):
+                model_state: PyTree | None = None, lr_tree=None,
+                inner_tx: optax.GradientTransformation | None = None):
   """SGD steps on one task's support set ``(x, y)`` from ``params``.
 
   Step ``t`` is ``p - inner_lr[t] * scale * grad``, with ``scale`` per leaf
   from ``inner_rules`` and, elementwise, ``lr_tree`` (Meta-SGD's learned
-  rates, shaped like ``params``).
+  rates, shaped like ``params``). With ``inner_tx`` (an optax
+  transformation without a rate, e.g. ``optax.scale_by_adam()``), ``grad``
+  is replaced by its update, from a state initialised afresh here (one per
+  task under ``jax.vmap``): Reptile's Adam inner loop
+  (:func:`tljax.methods.reptile.inner_transform`).
 
   Args:
     params: the initial (meta-learned) parameters.
@@ -130,6 +135,8 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
     inner_rules: optional ``(regex, multiplier or None)`` per-leaf scales.
     return_path: also return the stacked parameters after each step.
     lr_tree: optional per-entry rates shaped like ``params``.
+    inner_tx: optional optax transformation of the gradient (default: the
+      gradient itself, plain SGD).
 
   Returns:
     The adapted parameters (and, with ``return_path``, the path).
@@ -140,16 +147,22 @@ def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
   def support_loss(p):
     return task_loss(kind, apply_on_task(model, p, model_state, x), y)
 
-  def step(p, lr):
+  def step(carry, lr):
+    p, tx_state = carry
     g = jax.grad(support_loss)(p)
     if first_order:
       g = jax.lax.stop_gradient(g)
+    if inner_tx is not None:
+      g, tx_state = inner_tx.update(g, tx_state, p)
     if scales is not None:
+      # After the transformation, so that a rule's multiplier scales the
+      # step (Adam would cancel a scale of the gradient); 0 still freezes.
       g = jax.tree.map(lambda g, s: g * s, g, scales)
     p = jax.tree.map(lambda p, g: p - lr * g, p, g)
-    return p, (p if return_path else None)
+    return (p, tx_state), (p if return_path else None)
 
-  adapted, path = jax.lax.scan(step, params, lrs)
+  tx_state = inner_tx.init(params) if inner_tx is not None else None
+  (adapted, _), path = jax.lax.scan(step, (params, tx_state), lrs)
   return (adapted, path) if return_path else adapted
 
 
@@ -194,12 +207,14 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
                      kind: str, inner_lr=0.01, inner_steps: int | None = 10,
                      inner_rules=None, model_state: PyTree | None = None,
-                     lr_tree=None) -> tuple[jax.Array, jax.Array]:
+                     lr_tree=None, inner_tx=None
+                     ) -> tuple[jax.Array, jax.Array]:
   """Query loss and accuracy of each task after ``0..inner_steps`` steps.
 
   Used for evaluation (e.g. MSE after 1 and 10 steps) of MAML and of any
   other initialisation fine-tuned the same way (a jointly pretrained model,
-  Reptile; Meta-SGD with its learned ``lr_tree`` and ``inner_lr=1``).
+  Reptile, with its inner ``inner_tx`` if it has one; Meta-SGD with its
+  learned ``lr_tree`` and ``inner_lr=1``).
 
   Returns:
     ``(losses, accuracies)``, each ``(tasks, steps + 1)`` (accuracies are 0
@@ -210,7 +225,7 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, inner_rules=inner_rules,
                           return_path=True, model_state=model_state,
-                          lr_tree=lr_tree)
+                          lr_tree=lr_tree, inner_tx=inner_tx)
     path = jax.tree.map(lambda p0, ps: jnp.concatenate([p0[None], ps]),
                         params, path)
     return jax.vmap(lambda p: _task_metrics(
@@ -223,13 +238,14 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
 def episode_accuracies(params: PyTree, batch: dict, *, model: nn.Module,
                        inner_lr=0.01, inner_steps: int | None = 10,
                        inner_rules=None, model_state: PyTree | None = None,
-                       lr_tree=None) -> jax.Array:
+                       lr_tree=None, inner_tx=None) -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` SGD steps
-  on each episode's support set (classification)."""
+  (or ``inner_tx`` steps, see :func:`inner_adapt`) on each episode's
+  support set (classification)."""
   return adaptation_curve(params, batch, model=model, kind="classification",
                           inner_lr=inner_lr, inner_steps=inner_steps,
                           inner_rules=inner_rules, model_state=model_state,
-                          lr_tree=lr_tree)[1][:, -1]
+                          lr_tree=lr_tree, inner_tx=inner_tx)[1][:, -1]
 
 
 # ------------------------------------------------------------------ Meta-SGD

@@ -13,7 +13,14 @@ In the step shape this is the gradient of the surrogate ``1/2 ||theta -
 stop_gradient(mean_i phi_i)||^2``, which is ``theta - mean_i phi_i``: with
 ``optax.sgd(epsilon)`` the step is exactly Reptile's update, and any other
 optax optimizer uses ``theta - phi`` as its gradient (Nichol et al. also
-feed it to Adam). No gradient flows through the inner loop. The reported
+feed it to Adam). No gradient flows through the inner loop.
+
+``inner_optimizer='adam'`` runs the inner loop with Adam instead of SGD,
+as Nichol et al.'s code does (``beta1 = 0``, rate 1e-3; TensorFlow's
+``epsilon = 1e-8``): :func:`inner_transform`, ``optax.scale_by_adam`` with
+a fresh state for each task (their TensorFlow Adam keeps its moments
+across tasks and meta-steps instead). The test-time fine-tuning should then
+use it too (their evaluation does; the experiment driver does). The reported
 ``loss`` is that surrogate; ``query_loss`` and (classification)
 ``accuracy`` are on each task's query set after adaptation. At test time
 the initialisation is fine-tuned as MAML's is
@@ -37,10 +44,34 @@ from tljax.data import episodes
 from tljax.methods import maml
 from tljax.train import state as state_lib
 
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+def inner_transform(inner_optimizer: str = "sgd", inner_b1: float = 0.0
+                    ) -> optax.GradientTransformation | None:
+  """What the inner loop does with a task's gradient before the step
+  ``p - inner_lr * update`` (:func:`tljax.methods.maml.inner_adapt`'s
+  ``inner_tx``): ``None`` for plain SGD, or Adam's scaling with first-moment
+  decay ``inner_b1`` (Nichol et al. use 0), ``b2 = 0.999``, ``eps = 1e-8``.
+
+  Raises:
+    ValueError: an unknown optimizer, or ``inner_b1`` outside [0, 1).
+  """
+  if inner_optimizer == "sgd":
+    return None
+  if inner_optimizer == "adam":
+    if not 0.0 <= inner_b1 < 1.0:
+      raise ValueError(f"inner_b1 (Adam's first-moment decay in the inner "
+                       f"loop) must be in [0, 1), got {inner_b1}")
+    return optax.scale_by_adam(b1=inner_b1, b2=0.999, eps=1e-8)
+  raise ValueError(f"unknown inner_optimizer {inner_optimizer!r}; choose one "
+                   f"of {INNER_OPTIMIZERS}")
+
 
 def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
                  inner_lr=0.01, inner_steps: int | None = 5,
                  inner_rules=None, train_on_query: bool = False,
+                 inner_optimizer: str = "sgd", inner_b1: float = 0.0,
                  axis_name: str | None = None):
   """The Reptile surrogate of a meta-batch (leading task axis), whose
   gradient in ``params`` is ``params - mean_i phi_i``; see the module
@@ -52,10 +83,14 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
   together. Reptile needs no held-out query, so this is Nichol et al.'s
   ``--train-shots`` (meta-training tasks with more shots than the test's;
   they meta-train 1-shot models on 10 or 15 shots per class); the reported
-  ``query_loss`` and ``accuracy`` are then on examples the task trained on."""
+  ``query_loss`` and ``accuracy`` are then on examples the task trained on.
+
+  ``inner_optimizer``, ``inner_b1``: SGD or Adam in the inner loop
+  (:func:`inner_transform`)."""
   del rng, axis_name
   ms = state_lib.model_state_of(state)
   theta = jax.lax.stop_gradient(params)
+  inner_tx = inner_transform(inner_optimizer, inner_b1)
 
   def one(task):
     x, y = task["support_x"], task["support_y"]
@@ -65,7 +100,8 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
     phi = maml.inner_adapt(theta, x, y,
                            model=model, kind=kind, inner_lr=inner_lr,
                            inner_steps=inner_steps, first_order=True,
-                           inner_rules=inner_rules, model_state=ms)
+                           inner_rules=inner_rules, model_state=ms,
+                           inner_tx=inner_tx)
     out = maml.apply_on_task(model, phi, ms, task["query_x"])
     acc = (losses.accuracy(out, task["query_y"]) if kind == "classification"
            else jnp.zeros(()))
@@ -83,11 +119,16 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
               kind: str, inner_lr=0.01, inner_steps: int | None = 5,
-              inner_rules=None, train_on_query: bool = False):
+              inner_rules=None, train_on_query: bool = False,
+              inner_optimizer: str = "sgd", inner_b1: float = 0.0):
   """The Reptile step: :func:`reptile_loss` under ``tx`` (``optax.sgd(
-  epsilon)`` for the paper's update; ``train_on_query``: see there)."""
+  epsilon)`` for the paper's update; ``train_on_query``, ``inner_optimizer``
+  and ``inner_b1``: see there)."""
   maml.check_config(kind, inner_steps, inner_lr)
+  inner_transform(inner_optimizer, inner_b1)   # fail here, not when traced
   return state_lib.loss_step(reptile_loss, tx, model=model, kind=kind,
                              inner_lr=inner_lr, inner_steps=inner_steps,
                              inner_rules=inner_rules,
-                             train_on_query=train_on_query)
+                             train_on_query=train_on_query,
+                             inner_optimizer=inner_optimizer,
+                             inner_b1=inner_b1)
