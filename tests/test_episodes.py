@@ -160,3 +160,29 @@ def test_mean_ci95():
   np.testing.assert_allclose(h, 1.96 * np.sqrt(5 / 3) / 2)
   with pytest.raises(ValueError, match="NaN"):
     episodes.mean_ci95([1.0, float("nan")])
+
+
+def test_rotated_classes_are_new_classes_of_turned_images():
+  ds = data.load("digits")
+  x0 = ds.x[ds.y == 3]
+  aug, classes = episodes.rotated_classes(ds, [3, 7], 4)
+  assert classes == [3, 7, 13, 17, 23, 27, 33, 37] and aug.num_classes == 40
+  assert sorted(set(aug.y.tolist())) == sorted(classes)
+  h = x0.shape[1]
+  for k in range(4):
+    got = aug.x[aug.y == 3 + 10 * k]
+    want = x0
+    for _ in range(k):  # a quarter turn anticlockwise, by index
+      want = np.stack([[[want[n, j, h - 1 - i] for j in range(h)]
+                        for i in range(h)] for n in range(len(want))])
+    np.testing.assert_array_equal(got, want)
+  half, cls2 = episodes.rotated_classes(ds, [3], 2)
+  assert cls2 == [3, 13]
+  np.testing.assert_array_equal(half.x[half.y == 13], x0[:, ::-1, ::-1])
+  same, cls1 = episodes.rotated_classes(ds, [3], 1)
+  assert cls1 == [3]
+  np.testing.assert_array_equal(same.x, x0)
+  with pytest.raises(ValueError, match="rotations must be 1"):
+    episodes.rotated_classes(ds, [3], 3)
+  with pytest.raises(ValueError, match="square images"):
+    episodes.rotated_classes(data.load("mnist1d:standard"), [3], 4)

@@ -97,3 +97,34 @@ def test_bad_configs_raise_clear_errors(tmp_path):
   config.maml.inner_rules = ()
   with pytest.raises(ValueError, match="anil adapts only the head"):
     meta.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("name,optimizer,msg", [
+    ("maml", "adam", "Reptile only"),
+    ("sinusoid_reptile", "adam", "Reptile only"),
+    ("reptile", "rmsprop", "unknown inner_optimizer"),
+])
+def test_inner_optimizer_is_checked_before_training(tmp_path, name,
+                                                    optimizer, msg):
+  config = meta_config.get_config(f"{name},quick")
+  config.maml.inner_optimizer = optimizer
+  with pytest.raises(ValueError, match=msg):
+    meta.train_and_evaluate(config, str(tmp_path))
+
+
+def test_rotated_training_classes(tmp_path):
+  # Digits 0-4 turned by 0/90/180/270 degrees: 20 meta-training classes
+  # for the samplers and the baseline's 20-way pretraining head.
+  config = meta_config.get_config("baseline,digits,quick")
+  config.train_rotations = 4
+  train_s, test_s = meta.samplers(config)
+  assert len(train_s.classes) == 20 and test_s.classes.tolist() == [
+      5, 6, 7, 8, 9]
+  m = meta.train_and_evaluate(config, str(tmp_path / "baseline"))
+  assert 0.0 <= m["test_accuracy"] <= 1.0
+  head = _results(str(tmp_path / "baseline"))
+  assert head["config"]["train_rotations"] == 4
+  config = meta_config.get_config("protonet,quick")   # mnist1d signals
+  config.train_rotations = 4
+  with pytest.raises(ValueError, match="square images"):
+    meta.train_and_evaluate(config, str(tmp_path / "mnist1d"))

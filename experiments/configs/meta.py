@@ -66,6 +66,10 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   # ",coil" / ",digits" (e.g. :protonet,coil): the same protocol on real
   # images of held-out classes.
   config.update(DATA_PRESETS[data_preset])
+  # Class augmentation of the meta-training classes (every method, the
+  # baseline's pretraining too): 4 = each image rotated by 90, 180, 270
+  # degrees as a new class (Finn et al.'s Omniglot); 1 = none. Images only.
+  config.train_rotations = 1
   config.n_way = 5
   config.k_shot = 1
   config.n_query = 15
@@ -86,6 +90,11 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   # Reptile only: the inner loop of meta-training also runs on the query
   # examples (Nichol et al.'s --train-shots; Reptile needs no held-out set).
   config.maml.train_on_query = False
+  # Reptile only: the inner loop's optimizer, sgd or adam (Nichol et al.'s,
+  # with first-moment decay inner_b1 = 0 and inner_lr 1e-3); the test-time
+  # fine-tuning uses the same one at the same rate.
+  config.maml.inner_optimizer = "sgd"
+  config.maml.inner_b1 = 0.0
   if config.method == "anil":
     config.maml.inner_rules = (("head/.*", 1.0), (".*", None))
   if config.method == "metasgd":

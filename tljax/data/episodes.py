@@ -180,6 +180,52 @@ def split_classes(num_classes: int, num_train: int, *, seed: int | None = None
   return sorted(order[:num_train].tolist()), sorted(order[num_train:].tolist())
 
 
+def rotated_classes(dataset: Dataset, classes: Sequence[int], rotations: int
+                    ) -> tuple[Dataset, list[int]]:
+  """Class augmentation by rotation: the examples of ``classes`` rotated
+  by ``k * 90`` degrees (``k = 1 .. rotations - 1``) become new classes
+  ``c + k * num_classes``, as Santoro et al. (2016) and Finn et al. (2017)
+  augment Omniglot's meta-training alphabets (task augmentation, Liu et al.
+  2020). More classes to draw tasks from is what meta-learners with few
+  meta-training classes lack: with 10 they memorise them (issue 12).
+  Returns the augmented data set (the examples of ``classes`` and their
+  rotations only) and its class list; ``rotations=1`` returns the examples
+  of ``classes`` unchanged. Meant for the meta-training split: the held-out
+  classes stay as they are.
+
+    >>> from tljax import data
+    >>> ds, cls = rotated_classes(data.load("digits"), [0, 1], 4)
+    >>> cls, ds.num_classes
+    ([0, 1, 10, 11, 20, 21, 30, 31], 40)
+
+  Raises:
+    ValueError: unless the data are labelled square images (``(h, h, c)``)
+      and ``rotations`` is 1, 2 or 4 (multiples of 90 degrees; 2 is 0 and
+      180).
+  """
+  if rotations not in (1, 2, 4):
+    raise ValueError(f"rotations must be 1 (none), 2 (0 and 180 degrees) or "
+                     f"4 (multiples of 90 degrees), got {rotations!r}")
+  if dataset.y is None or dataset.num_classes is None:
+    raise ValueError(f"rotated_classes needs labelled data; {dataset.name!r} "
+                     "has no labels.")
+  shape = dataset.example_shape
+  if rotations > 1 and (len(shape) != 3 or shape[0] != shape[1]):
+    raise ValueError(f"rotated classes need square images (h, h, c); "
+                     f"{dataset.name!r} has examples of shape {shape}. Use "
+                     "rotations=1 for other data.")
+  classes = [int(c) for c in classes]
+  keep = np.isin(dataset.y, classes)
+  x, y, n = dataset.x[keep], dataset.y[keep], dataset.num_classes
+  step = 4 // rotations
+  xs = [x] + [np.rot90(x, k * step, axes=(1, 2)) for k in range(1, rotations)]
+  ys = [y + k * n for k in range(rotations)]
+  augmented = Dataset(np.ascontiguousarray(np.concatenate(xs)),
+                      np.concatenate(ys).astype(dataset.y.dtype),
+                      n * rotations, dataset.name, dataset.modality)
+  return augmented, [c + k * n for k in range(rotations) for c in classes]
+
+
 def meta_split(train_data: Dataset, test_data: Dataset, *,
                train_classes: Sequence[int], test_classes: Sequence[int],
                n_way: int, k_shot: int, n_query: int, seed: int = 0,

@@ -30,6 +30,7 @@ query MSE after each number of inner SGD steps in ``eval_inner_steps``
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -73,12 +74,23 @@ def samplers(config) -> tuple[episodes.EpisodeSampler,
   """The meta-train and meta-test episode samplers a config describes:
   train-split examples of ``train_classes``, test-split examples of the
   disjoint ``test_classes``."""
+  train, classes = meta_train_data(config)
   return episodes.meta_split(
-      common.load(config, config.data), common.load(config, config.data,
-                                                    "test"),
-      train_classes=config.train_classes, test_classes=config.test_classes,
+      train, common.load(config, config.data, "test"),
+      train_classes=classes, test_classes=config.test_classes,
       n_way=config.n_way, k_shot=config.k_shot, n_query=config.n_query,
       seed=config.seed, test_n_query=config.test_n_query)
+
+
+def meta_train_data(config):
+  """``(data set, class ids)`` every method meta-trains (or pretrains) on:
+  the train split's ``train_classes``, each rotated by multiples of 90
+  degrees into new classes when ``train_rotations`` is 2 or 4
+  (:func:`tljax.data.episodes.rotated_classes`; the held-out classes are
+  never rotated)."""
+  data = common.load(config, config.data)
+  return episodes.rotated_classes(data, config.train_classes,
+                                  config.get("train_rotations", 1))
 
 
 def raw_nearest_centroid(config) -> tuple[float, float]:
@@ -91,9 +103,25 @@ def raw_nearest_centroid(config) -> tuple[float, float]:
 
 
 def _test_lr(config) -> float:
-  """Evaluation fine-tunes with plain SGD at the (first) inner rate."""
+  """Evaluation fine-tunes at the (first) inner rate (plain SGD, or
+  Reptile's inner optimizer: :func:`_inner_tx`)."""
   lr = config.maml.inner_lr
   return float(lr[0] if isinstance(lr, (tuple, list)) else lr)
+
+
+def _inner_tx(config):
+  """Reptile's inner optimizer (``config.maml.inner_optimizer``, ``sgd`` or
+  ``adam`` with ``inner_b1``), used in meta-training and in the test-time
+  fine-tuning, as Nichol et al.'s evaluation does. The other learners'
+  inner loop is plain SGD: a different setting there is an error."""
+  m = config.maml
+  name, b1 = m.get("inner_optimizer", "sgd"), m.get("inner_b1", 0.0)
+  if name != "sgd" and (config.method != "reptile"
+                        or config.task != "classification"):
+    raise ValueError(f"config.maml.inner_optimizer={name!r} is implemented "
+                     "for few-shot classification with Reptile only "
+                     "(method=reptile); the other inner loops are SGD.")
+  return reptile.inner_transform(name, b1)
 
 
 def _classification(config, workdir):
@@ -125,6 +153,7 @@ def _classification(config, workdir):
   elif method in ("maml", "anil", "metasgd", "reptile"):
     m = config.maml
     maml.check_config("classification", m.inner_steps, m.inner_lr)
+    inner_tx = _inner_tx(config)
     model = models.Classifier(backbone, num_classes=config.n_way)
     params, model_state = models.init_variables(model, shape, config.seed)
     rules = tuple(tuple(r) for r in m.inner_rules) or None
@@ -135,12 +164,14 @@ def _classification(config, workdir):
     acc_fn = functools.partial(maml.episode_accuracies, model=model,
                                inner_lr=_test_lr(config),
                                inner_steps=m.test_inner_steps,
-                               inner_rules=rules)
+                               inner_rules=rules, inner_tx=inner_tx)
     if method == "reptile":
       make_step = functools.partial(
           reptile.make_step, model, kind="classification",
           inner_lr=m.inner_lr, inner_steps=m.inner_steps, inner_rules=rules,
-          train_on_query=m.get("train_on_query", False))
+          train_on_query=m.get("train_on_query", False),
+          inner_optimizer=m.get("inner_optimizer", "sgd"),
+          inner_b1=m.get("inner_b1", 0.0))
     elif method == "metasgd":
       # Learned rates are tuned to inner_steps steps: test with as many.
       params = maml.init_metasgd(params, _test_lr(config))
@@ -157,8 +188,12 @@ def _classification(config, workdir):
           inner_steps=m.inner_steps, first_order=m.first_order,
           inner_rules=rules)
   else:  # baseline: supervised pretraining on the meta-train classes.
-    pre = common.load(config, config.data, classes=config.train_classes)
-    model = models.Classifier(backbone, num_classes=len(config.train_classes))
+    pre, classes = meta_train_data(config)
+    # Labels 0..len(classes)-1 for the pretraining head.
+    labels = np.searchsorted(np.asarray(sorted(classes)), pre.y)
+    pre = dataclasses.replace(pre, y=labels.astype(np.int32),
+                              num_classes=len(classes))
+    model = models.Classifier(backbone, num_classes=len(classes))
     params, model_state = models.init_variables(model, shape, config.seed)
     make_step = functools.partial(supervised.make_step, model)
     acc_fn = functools.partial(protonet.episode_accuracies, model=model,
@@ -232,6 +267,7 @@ def _sinusoid_curve(model, steps: int):
 def _sinusoid(config, workdir):
   m = config.maml
   maml.check_config("regression", m.inner_steps, m.inner_lr)
+  _inner_tx(config)   # SGD only here
   train_tasks = episodes.SinusoidTasks(seed=config.seed)
   model = sinusoid_model(config)
   params = models.init_params(model, (1,), config.seed)
