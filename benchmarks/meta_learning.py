@@ -276,6 +276,7 @@ HELDOUT_FEW = [
     ("baseline", "pretrained embedding + nearest centroid", {}),
     ("protonet", "ProtoNets (Snell et al. 2017)", {}),
     ("maml", "MAML, second order (Finn et al. 2017)", {}),
+    ("anil", "ANIL: MAML adapting the head only (Raghu et al. 2020)", {}),
     ("reptile", "Reptile (Nichol et al. 2018)", {}),
     ("metasgd", "Meta-SGD (Li et al. 2017)", {}),
     ("hypernet", "model-based: generated head (Qiao et al. 2018)", {}),
@@ -286,6 +287,10 @@ HELDOUT_METRIC = [
     ("triplet", "triplet, batch-all mining", {}),
     ("supcon", "supervised contrastive (Khosla et al. 2020)", {}),
     ("multi_similarity", "multi-similarity + miner (Wang et al. 2019)", {}),
+    ("ntxent", "NT-Xent (Chen et al. 2020), same-label pairs as positives", {}),
+    ("arcface", "ArcFace (Deng et al. 2019)", {}),
+    ("cosface", "CosFace (Wang et al. 2018)", {}),
+    ("proxy_anchor", "Proxy-Anchor (Kim et al. 2020)", {}),
 ]
 
 
