@@ -222,6 +222,16 @@ def test_joint_regression_loss_is_the_mse_over_every_point():
                    inner_steps=2)
 
 
+def _linear_tasks(rng):
+  """Three regression tasks for a Dense(1) on 2-d inputs: 4 support and 2
+  query examples each, float32."""
+  batch = {"support_x": rng.normal(size=(3, 4, 2)),
+           "support_y": rng.normal(size=(3, 4, 1)),
+           "query_x": rng.normal(size=(3, 2, 2)),
+           "query_y": rng.normal(size=(3, 2, 1))}
+  return {k: v.astype(np.float32) for k, v in batch.items()}
+
+
 def test_reptile_update_equals_hand_unrolled_sgd():
   """One Reptile step (outer SGD at epsilon) on a linear regressor equals
   theta + epsilon (mean_i phi_i - theta), phi_i from plain numpy SGD."""
@@ -229,11 +239,7 @@ def test_reptile_update_equals_hand_unrolled_sgd():
   rng = np.random.default_rng(3)
   w = rng.normal(size=(2, 1))
   b = rng.normal(size=(1,))
-  batch = {"support_x": rng.normal(size=(3, 4, 2)),
-           "support_y": rng.normal(size=(3, 4, 1)),
-           "query_x": rng.normal(size=(3, 2, 2)),
-           "query_y": rng.normal(size=(3, 2, 1))}
-  batch = {k: v.astype(np.float32) for k, v in batch.items()}
+  batch = _linear_tasks(rng)
   inner_lr, steps, eps = 0.1, 3, 0.5
   phis = []
   for t in range(3):
@@ -309,11 +315,7 @@ def test_reptile_adam_inner_loop_equals_numpy_adam(b1):
   model = nn.Dense(1)
   rng = np.random.default_rng(5)
   w, b = rng.normal(size=(2, 1)), rng.normal(size=(1,))
-  batch = {"support_x": rng.normal(size=(3, 4, 2)),
-           "support_y": rng.normal(size=(3, 4, 1)),
-           "query_x": rng.normal(size=(3, 2, 2)),
-           "query_y": rng.normal(size=(3, 2, 1))}
-  batch = {k: v.astype(np.float32) for k, v in batch.items()}
+  batch = _linear_tasks(rng)
   lr, steps, eps = 0.05, 4, 0.5
   phis = [_np_adam_phi(w, b, batch["support_x"][t], batch["support_y"][t],
                        lr, steps, b1) for t in range(3)]
