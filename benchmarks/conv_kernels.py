@@ -96,12 +96,10 @@ def _time(call, repeats):
   return statistics.median(ts), min(ts)
 
 
-def _passes(conv, x, k):
-  """Jitted forward, input-gradient and kernel-gradient calls of ``conv``."""
+def _passes(conv, x, k, g):
+  """Jitted forward, input-gradient and kernel-gradient calls of ``conv``,
+  the gradients pulled back from the cotangent ``g`` (NHWC)."""
   f = lambda x, k: conv(x, k, (1, 1), "SAME", dimension_numbers=DN)  # noqa
-  # A random cotangent (a constant of ones lets XLA simplify the gradients).
-  g = jnp.asarray(np.random.default_rng(1).standard_normal(
-      f(x, k).shape).astype(np.float32))
   fwd = jax.jit(f)
   dx = jax.jit(lambda x, k: jax.vjp(lambda x: f(x, k), x)[1](g)[0])
   dk = jax.jit(lambda x, k: jax.vjp(lambda k: f(x, k), k)[1](g)[0])
@@ -133,14 +131,17 @@ def main():
     x = rng.standard_normal((b, h, h, cin), np.float32)
     k = rng.standard_normal((3, 3, cin, cout), np.float32) * 0.1
     flops = 2.0 * b * h * h * cin * cout * 9
-    jx, jk = jnp.asarray(x), jnp.asarray(k)
-    impls = {"lax": _passes(jax.lax.conv_general_dilated, jx, jk),
-             "im2col": _passes(im2col_conv, jx, jk),
-             "tljax": _passes(ops.conv, jx, jk)}
+    # A random cotangent, the same on both sides (a constant of ones lets
+    # XLA simplify the gradients).
+    g = rng.standard_normal((b, h, h, cout), np.float32)
+    jx, jk, jg = jnp.asarray(x), jnp.asarray(k), jnp.asarray(g)
+    impls = {"lax": _passes(jax.lax.conv_general_dilated, jx, jk, jg),
+             "im2col": _passes(im2col_conv, jx, jk, jg),
+             "tljax": _passes(ops.conv, jx, jk, jg)}
     tx = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
     tk = torch.tensor(k.transpose(3, 2, 0, 1).copy(), requires_grad=True)
     tout = torch.nn.functional.conv2d(tx, tk, padding=1)
-    tg = torch.ones_like(tout)
+    tg = torch.tensor(g.transpose(0, 3, 1, 2).copy())
 
     def torch_pass(name):
       if name == "forward":

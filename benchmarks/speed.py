@@ -3,8 +3,10 @@ r"""Speed of tljax's compiled steps against their usual peers, in one process.
   python -m pip install -e ".[bench]"
   nice -n 10 python benchmarks/speed.py [--quick] [--out=benchmarks/results/speed.json]
 
-Workloads (each: tljax and its peer on the same inputs, one after the other
-within each repeat, so both see the same machine load):
+Workloads (each: tljax and its peer on the same inputs; within each repeat
+each side runs a block of back-to-back calls of about 50 ms, the first call
+of a block untimed, then the other side, so that both see the same machine
+load while neither wakes the other's idle worker threads at every call):
 
 - ``triplet``: loss + gradient in the embeddings of ``tljax.losses.
   triplet_loss`` (l2 distance, margin 0.2, d = 128, 8 examples per class:
@@ -720,8 +722,8 @@ def main():
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"date": str(datetime.date.today()),
-               "command": "python benchmarks/speed.py"
-                          + (" --quick" if args.quick else ""),
+               "command": " ".join(["python", "benchmarks/speed.py"]
+                                   + sys.argv[1:]),
                "machine": {"cpus": os.cpu_count(),
                            "processor": platform.processor(),
                            "device": str(jax.devices()[0]),
