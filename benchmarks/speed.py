@@ -545,13 +545,62 @@ def dann_rows(configs, repeats, torch, flops_peak):
     with torch.no_grad():
       row["check_tljax_vs_peer"] = _close(want, peer_loss().item(),
                                           "DANN loss on shared weights")
+    fresh = jax.tree.map(jnp.copy, state)   # the timed calls donate state
     holder = {"state": state}
 
     def run():
       holder["state"], _ = step(holder["state"], batch, key)
       _block(holder["state"])
     rows.append(_measure(row, run, peer, repeats, torch, flops_peak))
+    if kind == "mlp":
+      rows.append(_fused_row(row, da.make_step(model, tx, **kw), fresh,
+                             batch, key, peer, repeats, torch, flops_peak))
   return rows
+
+
+FUSED_STEPS = 100
+
+
+def _fused_row(single, step_fn, state, batch, key, peer, repeats, torch,
+               flops_peak):
+  """The same step, FUSED_STEPS of them in one compiled call (a
+  ``lax.scan``, as the trainer's ``steps_per_call`` runs them), per step;
+  the peer's single eager step is timed beside it. Checked first: the
+  fused call's parameters equal FUSED_STEPS single calls'."""
+  def many(st):
+    st, metrics = jax.lax.scan(lambda s, _: step_fn(s, batch, key), st,
+                               None, length=FUSED_STEPS)
+    return st, metrics
+  fused = jax.jit(many, donate_argnums=(0,))
+  one = jax.jit(step_fn)
+  ref = jax.tree.map(jnp.copy, state)
+  for _ in range(FUSED_STEPS):
+    ref, _ = one(ref, batch, key)
+  got, _ = fused(jax.tree.map(jnp.copy, state))
+  err = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-30))
+            for a, b in zip(jax.tree.leaves(got.params),
+                            jax.tree.leaves(ref.params)))
+  if err > CHECK_RTOL:
+    raise SystemExit(f"check failed: {FUSED_STEPS} fused steps differ from "
+                     f"{FUSED_STEPS} single steps by {err:.2e}")
+  flops, temp = _compiled(many, state)   # XLA counts the body once
+  row = {**{k: single[k] for k in ("batch", "peer")},
+         "workload": f"{single['workload']}, {FUSED_STEPS} steps per call "
+                     "(lax.scan), per step",
+         "flops": flops, "tljax_temp_mib": temp / 2**20,
+         "check_fused_vs_single_steps": err}
+  holder = {"state": jax.tree.map(jnp.copy, state)}
+
+  def run():
+    holder["state"], _ = fused(holder["state"])
+    _block(holder["state"])
+  row["torch_threads"] = _torch_threads(peer, torch)
+  tj, tp = _time_pair(run, peer, repeats)
+  tj = {k: (v / FUSED_STEPS if k.endswith("_s") else v)
+        for k, v in tj.items()}
+  _finish(row, tj, tp, flops_peak)
+  print(_line(row), flush=True)
+  return row
 
 
 def resnet_rows(sizes, batch, repeats, torch, flops_peak):
