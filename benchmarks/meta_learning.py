@@ -278,6 +278,10 @@ HELDOUT_FEW = [
     ("maml", "MAML, second order (Finn et al. 2017)", {}),
     ("anil", "ANIL: MAML adapting the head only (Raghu et al. 2020)", {}),
     ("reptile", "Reptile (Nichol et al. 2018)", {}),
+    ("reptile", "Reptile, Adam inner loop (b1 = 0, 1e-3; 50 Adam steps at "
+     "test, Nichol et al.'s evaluation)",
+     {"maml.inner_optimizer": "adam", "maml.inner_lr": 1e-3,
+      "maml.test_inner_steps": 50}),
     ("metasgd", "Meta-SGD (Li et al. 2017)", {}),
     ("hypernet", "model-based: generated head (Qiao et al. 2018)", {}),
 ]
@@ -292,6 +296,12 @@ HELDOUT_METRIC = [
     ("cosface", "CosFace (Wang et al. 2018)", {}),
     ("proxy_anchor", "Proxy-Anchor (Kim et al. 2020)", {}),
 ]
+
+
+def _tag(name, overrides):
+  """A workdir name per (method, overrides): the bare name without any."""
+  return "_".join([name] + [f"{k.rsplit('.', 1)[-1]}{v}"
+                            for k, v in sorted(overrides.items())])
 
 
 def _ms(values, digits=3):
@@ -333,7 +343,8 @@ def _heldout_section(preset, run, seeds):
     for name, label, over in HELDOUT_FEW:
       few[(label, shot)] = [
           run("meta", f"{name},{preset}", {**shot_over, **over, "seed": seed},
-              f"{preset}_{name}_{shot}shot_s{seed}")[0] for seed in seeds]
+              f"{preset}_{_tag(name, over)}_{shot}shot_s{seed}")[0]
+          for seed in seeds]
   metric = {}
   for loss, label, over in HELDOUT_METRIC:
     metric[label] = [run("metric", f"{loss},{preset}", {**over, "seed": seed},
@@ -347,7 +358,9 @@ def _heldout_section(preset, run, seeds):
       "the 95% interval over the test episodes]; each seed draws its own "
       "test episodes (600 per run). The command is seed 0's; the other "
       "seeds add --config.seed=N. Each seed's numbers are in "
-      "<workdir>/results.json.",
+      "<workdir>/results.json. 's per run' is the wall time in the "
+      "invocation that wrote this table: a run resumed from a finished "
+      "workdir shows its re-evaluation only.",
       "",
       "### Few-shot: 5-way accuracy on the held-out classes",
       "",
