@@ -594,13 +594,8 @@ def _fused_row(single, step_fn, state, batch, key, peer, repeats, torch,
   def run():
     holder["state"], _ = fused(holder["state"])
     _block(holder["state"])
-  row["torch_threads"] = _torch_threads(peer, torch)
-  tj, tp = _time_pair(run, peer, repeats)
-  tj = {k: (v / FUSED_STEPS if k.endswith("_s") else v)
-        for k, v in tj.items()}
-  _finish(row, tj, tp, flops_peak)
-  print(_line(row), flush=True)
-  return row
+  return _measure(row, run, peer, repeats, torch, flops_peak,
+                  steps_per_call=FUSED_STEPS)
 
 
 def resnet_rows(sizes, batch, repeats, torch, flops_peak):
@@ -672,11 +667,15 @@ def resnet_rows(sizes, batch, repeats, torch, flops_peak):
 
 
 # ------------------------------------------------------------------- report
-def _measure(row, run, peer, repeats, torch, flops_peak, budget_s=4.0):
-  """Times ``run`` (tljax) against ``peer`` on the faster torch thread
-  count, fills ``row`` and prints its line."""
+def _measure(row, run, peer, repeats, torch, flops_peak, budget_s=4.0,
+             steps_per_call=1):
+  """Times ``run`` (tljax, ``steps_per_call`` steps per call; reported per
+  step) against ``peer`` on the faster torch thread count, fills ``row``
+  and prints its line."""
   row["torch_threads"] = _torch_threads(peer, torch)
   tj, tp = _time_pair(run, peer, repeats, budget_s=budget_s)
+  tj = {k: (v / steps_per_call if k.endswith("_s") else v)
+        for k, v in tj.items()}
   _finish(row, tj, tp, flops_peak)
   print(_line(row), flush=True)
   return row
