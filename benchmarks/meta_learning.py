@@ -35,6 +35,7 @@ be rerun alone. ``--quick`` runs the smoke configs (seconds; numbers meaningless
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -358,9 +359,9 @@ def _heldout_section(preset, run, seeds):
       "the 95% interval over the test episodes]; each seed draws its own "
       "test episodes (600 per run). The command is seed 0's; the other "
       "seeds add --config.seed=N. Each seed's numbers are in "
-      "<workdir>/results.json. 's per run' is the wall time in the "
-      "invocation that wrote this table: a run resumed from a finished "
-      "workdir shows its re-evaluation only.",
+      "<workdir>/results.json. 's per run' is each run's training wall "
+      "time (<workdir>/bench_seconds.json); a run resumed from a workdir "
+      "finished before that file existed shows its re-evaluation only.",
       "",
       "### Few-shot: 5-way accuracy on the held-out classes",
       "",
@@ -468,9 +469,20 @@ def main(argv):
           else metric_driver.train_and_evaluate)
     config = _config(module, name, overrides)
     workdir = os.path.join(root, tag)
+    # The wall time of the run that trained, kept beside it, so that a
+    # resumed (finished) workdir reports its training time, not the
+    # re-evaluation's.
+    timing = os.path.join(workdir, "bench_seconds.json")
+    resumed = os.path.exists(os.path.join(workdir, "results.json"))
     t0 = time.time()
     metrics = fn(config, workdir)
     metrics["seconds"] = time.time() - t0
+    if os.path.exists(timing):
+      with open(timing) as f:
+        metrics["seconds"] = json.load(f)["seconds"]
+    elif not resumed:
+      with open(timing, "w") as f:
+        json.dump({"seconds": metrics["seconds"]}, f)
     metrics["steps"] = config.num_steps
     shown = {k: v for k, v in overrides.items() if k != "seed" or v}
     metrics["cmd"] = (f"python experiments/{kind}.py --workdir=/tmp/{tag} "
