@@ -161,6 +161,12 @@ def _close(a, b, what, rtol=CHECK_RTOL, atol=1e-7):
   return abs(a - b) / max(abs(b), 1e-30)
 
 
+def _rel_err(got, want):
+  """The largest absolute difference over the largest entry of ``want``."""
+  got, want = np.asarray(got), np.asarray(want)
+  return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
 def matmul_rates(n=2048, reps=10):
   """f32 ``n x n`` matmul rates (FLOP/s): jnp (XLA), numpy, torch."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -298,9 +304,8 @@ def triplet_rows(batches, peer_batches, repeats, torch, flops_peak):
                                              "PML vs its definition")
         if mining == "all":
           row["check_tljax_vs_pml"] = _close(loss, pl.item(), "tljax vs PML")
-          g = np.asarray(grad)
-          row["check_grad_max_abs_over_max"] = float(
-              np.abs(g - et.grad.numpy()).max() / np.abs(g).max())
+          row["check_grad_max_abs_over_max"] = _rel_err(et.grad.numpy(),
+                                                        grad)
         if mining == "hard":
           mean_loss = pml_losses.TripletMarginLoss(
               margin=MARGIN, distance=dist, reducer=reducers.MeanReducer())
@@ -398,8 +403,7 @@ def maml_rows(steps_list, repeats, torch, flops_peak):
     row["check_tljax_vs_peer"] = _close(want, l0.item(), "MAML meta-loss")
     gj = want_g["head"]["kernel"][:, 0]
     gt = g0["4.weight"][0].numpy()
-    row["check_grad_max_abs_over_max"] = float(
-        np.abs(np.asarray(gj) - gt).max() / np.abs(gt).max())
+    row["check_grad_max_abs_over_max"] = _rel_err(gj, gt)
     if row["check_grad_max_abs_over_max"] > 1e-3:
       raise SystemExit(f"check failed, MAML meta-gradient: {row}")
     holder = {"state": state}
@@ -502,12 +506,13 @@ def dann_rows(configs, repeats, torch, flops_peak):
                                   disc, shape, seed=1)
     tx = optax.adam(1e-3)
     kw = dict(alignment_name="dann", discriminator=disc, total_steps=1000)
-    step = jax.jit(da.make_step(model, tx, **kw), donate_argnums=(0,))
+    step_fn = da.make_step(model, tx, **kw)
+    step = jax.jit(step_fn, donate_argnums=(0,))
     state = state_lib.create_train_state(jax.tree.map(jnp.copy, params), tx)
     batch = {"x": jnp.asarray(x), "y": jnp.asarray(y),
              "x_target": jnp.asarray(xt)}
     key = jax.random.key(0)
-    flops, temp = _compiled(da.make_step(model, tx, **kw), state, batch, key)
+    flops, temp = _compiled(step_fn, state, batch, key)
     want, _ = da.adaptation_loss(params, state, batch, key, model=model, **kw)
 
     features, head, dnet = _torch_dann_nets(torch, kind, params)
@@ -553,33 +558,31 @@ def dann_rows(configs, repeats, torch, flops_peak):
       _block(holder["state"])
     rows.append(_measure(row, run, peer, repeats, torch, flops_peak))
     if kind == "mlp":
-      rows.append(_fused_row(row, da.make_step(model, tx, **kw), fresh,
-                             batch, key, peer, repeats, torch, flops_peak))
+      rows.append(_fused_row(row, step_fn, step, fresh, batch, key, peer,
+                             repeats, torch, flops_peak))
   return rows
 
 
 FUSED_STEPS = 100
 
 
-def _fused_row(single, step_fn, state, batch, key, peer, repeats, torch,
-               flops_peak):
+def _fused_row(single, step_fn, step, state, batch, key, peer, repeats,
+               torch, flops_peak):
   """The same step, FUSED_STEPS of them in one compiled call (a
-  ``lax.scan``, as the trainer's ``steps_per_call`` runs them), per step;
-  the peer's single eager step is timed beside it. Checked first: the
-  fused call's parameters equal FUSED_STEPS single calls'."""
+  ``lax.scan`` of ``step_fn``, as the trainer's ``steps_per_call`` runs
+  them), per step; the peer's single eager step is timed beside it.
+  Checked first: the fused call's parameters equal those of FUSED_STEPS
+  calls of the compiled single ``step``."""
   def many(st):
-    st, metrics = jax.lax.scan(lambda s, _: step_fn(s, batch, key), st,
-                               None, length=FUSED_STEPS)
-    return st, metrics
+    return jax.lax.scan(lambda s, _: step_fn(s, batch, key), st, None,
+                        length=FUSED_STEPS)
   fused = jax.jit(many, donate_argnums=(0,))
-  one = jax.jit(step_fn)
   ref = jax.tree.map(jnp.copy, state)
   for _ in range(FUSED_STEPS):
-    ref, _ = one(ref, batch, key)
+    ref, _ = step(ref, batch, key)
   got, _ = fused(jax.tree.map(jnp.copy, state))
-  err = max(float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-30))
-            for a, b in zip(jax.tree.leaves(got.params),
-                            jax.tree.leaves(ref.params)))
+  err = max(_rel_err(a, b) for a, b in zip(jax.tree.leaves(got.params),
+                                           jax.tree.leaves(ref.params)))
   if err > CHECK_RTOL:
     raise SystemExit(f"check failed: {FUSED_STEPS} fused steps differ from "
                      f"{FUSED_STEPS} single steps by {err:.2e}")
