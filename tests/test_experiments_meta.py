@@ -128,3 +128,15 @@ def test_rotated_training_classes(tmp_path):
   config.train_rotations = 4
   with pytest.raises(ValueError, match="square images"):
     meta.train_and_evaluate(config, str(tmp_path / "mnist1d"))
+
+
+@pytest.mark.parametrize("name,head_init,msg", [
+    ("sinusoid_maml", "proto", "regression tasks"),
+    ("maml", "zeros", "choose one of"),
+])
+def test_head_init_is_checked_before_training(tmp_path, name, head_init,
+                                              msg):
+  config = meta_config.get_config(f"{name},quick")
+  config.maml.head_init = head_init
+  with pytest.raises(ValueError, match=msg):
+    meta.train_and_evaluate(config, str(tmp_path))

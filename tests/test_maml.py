@@ -404,3 +404,148 @@ def test_metasgd_meta_gradients_by_hand():
       first_order=True)[0])(params)
   np.testing.assert_allclose(g["w"], lq1, rtol=1e-5)
   np.testing.assert_allclose(g["inner_lr"]["w"], -lq1 * ls1, rtol=1e-5)
+
+
+def _head_task(seed=0, n_way=3, shots=2, nq=4, dim=5):
+  rng = np.random.default_rng(seed)
+  sy = np.repeat(np.arange(n_way), shots).astype(np.int32)
+  return {"support_x": rng.normal(size=(1, sy.size, dim)).astype(np.float32),
+          "support_y": sy[None],
+          "query_x": rng.normal(size=(1, nq, dim)).astype(np.float32),
+          "query_y": rng.integers(0, n_way, (1, nq)).astype(np.int32)}
+
+
+def _np_relu_mlp(p, x):
+  """The one-hidden-layer MLP backbone's features, in numpy."""
+  d = p["backbone"]["layer_0"]
+  return np.maximum(x @ np.asarray(d["kernel"]) + np.asarray(d["bias"]), 0.0)
+
+
+def _np_ce(logits, y):
+  z = logits - logits.max(1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+  return -np.mean(logp[np.arange(y.size), y])
+
+
+def test_proto_head_starts_at_the_nearest_centroid_classifier():
+  """head_init='proto' with no inner step: logits are -||f - c_k||^2 up to
+  a per-query constant (numpy class means and distances)."""
+  model = models.Classifier(models.MLP((6,)), num_classes=3)
+  params = models.init_params(model, (5,), 0)
+  task = _head_task()
+  start = maml.task_head(params, task["support_x"][0], task["support_y"][0],
+                         model=model, head_init="proto")
+  fs = _np_relu_mlp(params, task["support_x"][0])
+  fq = _np_relu_mlp(params, task["query_x"][0])
+  c = np.stack([fs[task["support_y"][0] == k].mean(0) for k in range(3)])
+  d2 = ((fq[:, None, :] - c[None]) ** 2).sum(-1)
+  logits = np.asarray(model.apply({"params": start}, task["query_x"][0]))
+  np.testing.assert_allclose(logits - logits[:, :1], -(d2 - d2[:, :1]),
+                             rtol=1e-4, atol=1e-4)
+  acc = maml.episode_accuracies(params, task, model=model, inner_steps=0,
+                                head_init="proto")
+  want = np.mean(d2.argmin(1) == task["query_y"][0])
+  np.testing.assert_allclose(acc, [want])
+  loss, _ = maml.maml_loss(params, None, task, None, model=model,
+                           kind="classification", inner_steps=0,
+                           head_init="proto")
+  np.testing.assert_allclose(loss, _np_ce(-d2, task["query_y"][0]),
+                             rtol=1e-4)
+
+
+def test_zero_head_first_step_is_a_centred_prototype_head():
+  """From a zero head the logits are uniform, so one SGD step at rate a
+  gives W = a F^T (Y - 1/N) / n, b = a mean(Y - 1/N), and leaves the
+  backbone where it was (its gradient is W^T(...) = 0)."""
+  model = models.Classifier(models.MLP((6,)), num_classes=3)
+  params = models.init_params(model, (5,), 1)
+  task = _head_task(seed=1)
+  sx, sy = task["support_x"][0], task["support_y"][0]
+  start = maml.task_head(params, sx, sy, model=model, head_init="zero")
+  adapted = maml.inner_adapt(start, sx, sy, model=model,
+                             kind="classification", inner_lr=0.5,
+                             inner_steps=1)
+  f = _np_relu_mlp(params, sx)
+  r = np.eye(3)[sy] - 1.0 / 3
+  np.testing.assert_allclose(adapted["head"]["kernel"], 0.5 * f.T @ r / 6,
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(adapted["head"]["bias"], 0.5 * r.mean(0),
+                             atol=1e-7)
+  for a, b in zip(jax.tree.leaves(adapted["backbone"]),
+                  jax.tree.leaves(params["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  # The meta-loss is the query cross-entropy of that head, and the learned
+  # head gets no meta-gradient (every task replaces it).
+  fq = _np_relu_mlp(params, task["query_x"][0])
+  want = _np_ce(fq @ (0.5 * f.T @ r / 6) + 0.5 * r.mean(0),
+                task["query_y"][0])
+  (loss, _), g = jax.value_and_grad(lambda p: maml.maml_loss(
+      p, None, task, None, model=model, kind="classification", inner_lr=0.5,
+      inner_steps=1, head_init="zero"), has_aux=True)(params)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  assert not np.any(np.asarray(g["head"]["kernel"]))
+
+
+def test_proto_head_meta_gradient_flows_through_the_prototypes():
+  """The meta-gradient of a backbone entry under head_init='proto' equals
+  a central finite difference of the meta-loss (the head is a function of
+  the backbone through the class means)."""
+  model = models.Classifier(models.MLP((6,)), num_classes=3)
+  params = models.init_params(model, (5,), 2)
+  task = _head_task(seed=2)
+
+  def loss(p):
+    return maml.maml_loss(p, None, task, None, model=model,
+                          kind="classification", inner_lr=0.1,
+                          inner_steps=1, head_init="proto")[0]
+
+  g = jax.grad(loss)(params)["backbone"]["layer_0"]["kernel"]
+  k = params["backbone"]["layer_0"]["kernel"]
+  i, j = np.unravel_index(np.argmax(np.abs(np.asarray(g))), k.shape)
+  eps = 1e-2
+  bump = lambda e: dict(params, backbone={"layer_0": dict(  # noqa: E731
+      params["backbone"]["layer_0"], kernel=k.at[i, j].add(e))})
+  fd = (float(loss(bump(eps))) - float(loss(bump(-eps)))) / (2 * eps)
+  assert abs(float(g[i, j])) > 1e-3
+  np.testing.assert_allclose(float(g[i, j]), fd, rtol=2e-2)
+
+
+def test_head_init_bad_input_raises():
+  model = nn.Dense(3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4)))["params"]
+  x, y = jnp.zeros((3, 4)), jnp.zeros((3,), jnp.int32)
+  with pytest.raises(ValueError, match="Dense 'head'"):
+    maml.task_head(params, x, y, model=model, head_init="zero")
+  with pytest.raises(ValueError, match="choose one of"):
+    maml.task_head(params, x, y, model=model, head_init="zeros")
+  with pytest.raises(ValueError, match="regression"):
+    maml.check_head_init("proto", "regression")
+
+
+def test_reptile_with_a_proto_head_moves_the_backbone_only():
+  """Reptile from the proto head: the backbone's surrogate gradient is theta
+  minus the body SGD reached from that head (unrolled here by hand with
+  jax.grad of a plain cross-entropy); the unused learned head gets none."""
+  model = models.Classifier(models.MLP((6,)), num_classes=3)
+  params = models.init_params(model, (5,), 3)
+  task = _head_task(seed=3)
+  sx, sy = task["support_x"][0], task["support_y"][0]
+  f = _np_relu_mlp(params, sx)
+  c = np.stack([f[sy == k].mean(0) for k in range(3)])
+  p = dict(params, head={"kernel": jnp.asarray(2 * c.T),
+                         "bias": jnp.asarray(-(c * c).sum(1))})
+
+  def ce(p):
+    logp = jax.nn.log_softmax(model.apply({"params": p}, sx))
+    return -jnp.mean(jnp.take_along_axis(logp, sy[:, None], 1))
+
+  for _ in range(2):
+    p = jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(ce)(p))
+  g = jax.grad(lambda q: reptile.reptile_loss(
+      q, None, task, None, model=model, kind="classification", inner_lr=0.1,
+      inner_steps=2, head_init="proto")[0])(params)
+  for a, b, t in zip(jax.tree.leaves(g["backbone"]),
+                     jax.tree.leaves(params["backbone"]),
+                     jax.tree.leaves(p["backbone"])):
+    np.testing.assert_allclose(a, b - t, rtol=1e-4, atol=1e-6)
+  assert not any(np.any(np.asarray(x)) for x in jax.tree.leaves(g["head"]))

@@ -87,6 +87,11 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.maml.test_inner_steps = 10
   config.maml.first_order = False
   config.maml.inner_rules = ()   # e.g. (("head/.*", 1.0), (".*", None))
+  # The head each task's inner loop starts from (maml, anil, metasgd,
+  # reptile): learned (Finn et al.), zero (Kao et al. 2022's zeroing trick)
+  # or proto (Proto-MAML, Triantafillou et al. 2020: the support's class
+  # means).
+  config.maml.head_init = "learned"
   # Reptile only: the inner loop of meta-training also runs on the query
   # examples (Nichol et al.'s --train-shots; Reptile needs no held-out set).
   config.maml.train_on_query = False

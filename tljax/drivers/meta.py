@@ -153,6 +153,8 @@ def _classification(config, workdir):
   elif method in ("maml", "anil", "metasgd", "reptile"):
     m = config.maml
     maml.check_config("classification", m.inner_steps, m.inner_lr)
+    head_init = m.get("head_init", "learned")
+    maml.check_head_init(head_init)
     inner_tx = _inner_tx(config)
     model = models.Classifier(backbone, num_classes=config.n_way)
     params, model_state = models.init_variables(model, shape, config.seed)
@@ -164,29 +166,30 @@ def _classification(config, workdir):
     acc_fn = functools.partial(maml.episode_accuracies, model=model,
                                inner_lr=_test_lr(config),
                                inner_steps=m.test_inner_steps,
-                               inner_rules=rules, inner_tx=inner_tx)
+                               inner_rules=rules, inner_tx=inner_tx,
+                               head_init=head_init)
     if method == "reptile":
       make_step = functools.partial(
           reptile.make_step, model, kind="classification",
           inner_lr=m.inner_lr, inner_steps=m.inner_steps, inner_rules=rules,
           train_on_query=m.get("train_on_query", False),
           inner_optimizer=m.get("inner_optimizer", "sgd"),
-          inner_b1=m.get("inner_b1", 0.0))
+          inner_b1=m.get("inner_b1", 0.0), head_init=head_init)
     elif method == "metasgd":
       # Learned rates are tuned to inner_steps steps: test with as many.
       params = maml.init_metasgd(params, _test_lr(config))
       make_step = functools.partial(
           maml.make_step, model, kind="classification", metasgd=True,
           inner_steps=m.inner_steps, first_order=m.first_order,
-          inner_rules=rules)
+          inner_rules=rules, head_init=head_init)
       acc_fn = functools.partial(maml.metasgd_episode_accuracies,
                                  model=model, inner_steps=m.inner_steps,
-                                 inner_rules=rules)
+                                 inner_rules=rules, head_init=head_init)
     else:
       make_step = functools.partial(
           maml.make_step, model, kind="classification", inner_lr=m.inner_lr,
           inner_steps=m.inner_steps, first_order=m.first_order,
-          inner_rules=rules)
+          inner_rules=rules, head_init=head_init)
   else:  # baseline: supervised pretraining on the meta-train classes.
     pre, classes = meta_train_data(config)
     # Labels 0..len(classes)-1 for the pretraining head.
@@ -268,6 +271,7 @@ def _sinusoid(config, workdir):
   m = config.maml
   maml.check_config("regression", m.inner_steps, m.inner_lr)
   _inner_tx(config)   # SGD only here
+  maml.check_head_init(m.get("head_init", "learned"), "regression")
   train_tasks = episodes.SinusoidTasks(seed=config.seed)
   model = sinusoid_model(config)
   params = models.init_params(model, (1,), config.seed)

@@ -29,6 +29,19 @@ gradient (:func:`metasgd_loss`). With ``alpha`` held at one value it is
 MAML. Reptile, the first-order learner that needs no query gradient, is in
 :mod:`tljax.methods.reptile`.
 
+``head_init`` sets the head each task's inner loop starts from
+(:func:`task_head`): ``learned`` (the meta-learned head, Finn et al.),
+``zero`` (the zeroing trick of Kao, Chiu & Chen 2022, "MAML is a Noisy
+Contrastive Learner in Classification": a zero head, so the first step
+builds a centred-prototype head from the support features) or ``proto``
+(Proto-MAML of Triantafillou et al. 2020, "Meta-Dataset": ``W_k = 2 c_k``,
+``b_k = -||c_k||^2`` from the support's class means ``c_k``, which starts
+the inner loop at the ProtoNets classifier; the meta-gradient flows
+through ``c_k``). With a head built from each task's support, the
+initialisation cannot memorise which training class goes with which
+label. The model must have a Dense ``head`` and a ``features`` method
+(:class:`tljax.models.Classifier`).
+
   >>> import jax, jax.numpy as jnp, flax.linen as nn
   >>> model = nn.Dense(1)
   >>> p = model.init(jax.random.key(0), jnp.zeros((1, 1)))['params']
@@ -49,10 +62,12 @@ import optax
 from tljax import losses
 from tljax import params as params_lib
 from tljax.data import episodes
+from tljax.methods import protonet
 from tljax.train import state as state_lib
 
 PyTree = Any
 KINDS = ("classification", "regression")
+HEAD_INITS = ("learned", "zero", "proto")
 
 
 def task_loss(kind: str, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -96,14 +111,53 @@ def _rule_scales(params: PyTree, inner_rules, lr_tree=None) -> PyTree | None:
 
 
 def apply_on_task(model: nn.Module, params: PyTree, model_state: PyTree,
-                  x):
-  """``model`` on a task's examples. A BatchNorm model normalises with the
-  statistics of the examples it is given, and keeps no running ones: the
-  transductive BatchNorm of Finn et al.'s reference implementation."""
+                  x, method=None):
+  """``model`` (or its ``method``) on a task's examples. A BatchNorm model
+  normalises with the statistics of the examples it is given, and keeps no
+  running ones: the transductive BatchNorm of Finn et al.'s reference
+  implementation."""
   if not model_state:
-    return model.apply({"params": params}, x)
+    return model.apply({"params": params}, x, method=method)
   return model.apply({"params": params, **model_state}, x, train=True,
-                     mutable=list(model_state))[0]
+                     mutable=list(model_state), method=method)[0]
+
+
+def check_head_init(head_init: str, kind: str = "classification") -> None:
+  """Raises a clear error for a ``head_init`` the inner loop cannot use."""
+  if head_init not in HEAD_INITS:
+    raise ValueError(f"unknown head_init {head_init!r}; choose one of "
+                     f"{HEAD_INITS}")
+  if head_init != "learned" and kind != "classification":
+    raise ValueError(f"head_init={head_init!r} builds a classification head "
+                     "from the support labels; regression tasks use "
+                     "head_init='learned'.")
+
+
+def task_head(params: PyTree, x: jax.Array, y: jax.Array, *,
+              model: nn.Module, head_init: str = "learned",
+              model_state: PyTree | None = None) -> PyTree:
+  """``params`` with the head one task's inner loop starts from (see the
+  module docstring): unchanged for ``learned``; zeros for ``zero``;
+  ``kernel[:, k] = 2 c_k``, ``bias[k] = -||c_k||^2`` for ``proto``, with
+  ``c_k`` the mean feature of support class ``k`` (``y`` in ``0..n-1``,
+  ``n`` the head's width), so that the logits are the ProtoNets ones,
+  ``-||f - c_k||^2`` up to a constant per example."""
+  check_head_init(head_init)
+  if head_init == "learned":
+    return params
+  head = params.get("head") if isinstance(params, dict) else None
+  if not (isinstance(head, dict) and set(head) == {"kernel", "bias"}):
+    raise ValueError(f"head_init={head_init!r} needs a Dense 'head' (kernel "
+                     "and bias) at the top of the parameters, as "
+                     "tljax.models.Classifier has; got top-level keys "
+                     f"{sorted(params) if isinstance(params, dict) else params}")
+  if head_init == "zero":
+    return dict(params, head=jax.tree.map(jnp.zeros_like, head))
+  feats = apply_on_task(model, params, model_state, x, method="features")
+  c = protonet.prototypes(feats, y, head["bias"].shape[-1])
+  return dict(params, head={"kernel": (2.0 * c.T).astype(head["kernel"].dtype),
+                            "bias": (-jnp.sum(c * c, -1)).astype(
+                                head["bias"].dtype)})
 
 
 def inner_adapt(params: PyTree, x: jax.Array, y: jax.Array, *,
@@ -176,16 +230,21 @@ def _task_metrics(kind, out, y):
 def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
               inner_lr=0.01, inner_steps: int | None = 1,
               first_order: bool = False, inner_rules=None,
-              axis_name: str | None = None, lr_tree=None):
+              axis_name: str | None = None, lr_tree=None,
+              head_init: str = "learned"):
   """The MAML meta-loss of a meta-batch (leading task axis): mean query loss
   after adapting on each task's support set. Metrics: ``pre_query_loss``
   (before adaptation) and, for classification, ``accuracy``. ``lr_tree``:
-  per-entry inner rates (Meta-SGD, :func:`metasgd_loss`)."""
+  per-entry inner rates (Meta-SGD, :func:`metasgd_loss`); ``head_init``:
+  the head each task starts from (:func:`task_head`)."""
   del rng, axis_name
+  check_head_init(head_init, kind)
   ms = state_lib.model_state_of(state)
 
   def one(task):
-    adapted = inner_adapt(params, task["support_x"], task["support_y"],
+    start = task_head(params, task["support_x"], task["support_y"],
+                      model=model, head_init=head_init, model_state=ms)
+    adapted = inner_adapt(start, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, first_order=first_order,
                           inner_rules=inner_rules, model_state=ms,
@@ -193,7 +252,7 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
     post = _task_metrics(kind, apply_on_task(model, adapted, ms,
                                              task["query_x"]),
                          task["query_y"])
-    pre = task_loss(kind, apply_on_task(model, params, ms, task["query_x"]),
+    pre = task_loss(kind, apply_on_task(model, start, ms, task["query_x"]),
                     task["query_y"])
     return post, pre
 
@@ -207,7 +266,7 @@ def maml_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
                      kind: str, inner_lr=0.01, inner_steps: int | None = 10,
                      inner_rules=None, model_state: PyTree | None = None,
-                     lr_tree=None, inner_tx=None
+                     lr_tree=None, inner_tx=None, head_init: str = "learned"
                      ) -> tuple[jax.Array, jax.Array]:
   """Query loss and accuracy of each task after ``0..inner_steps`` steps.
 
@@ -216,18 +275,25 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
   Reptile, with its inner ``inner_tx`` if it has one; Meta-SGD with its
   learned ``lr_tree`` and ``inner_lr=1``).
 
+  ``head_init``: the head each task starts from (:func:`task_head`).
+
   Returns:
     ``(losses, accuracies)``, each ``(tasks, steps + 1)`` (accuracies are 0
     for regression).
   """
+  check_head_init(head_init, kind)
+
   def one(task):
-    _, path = inner_adapt(params, task["support_x"], task["support_y"],
+    start = task_head(params, task["support_x"], task["support_y"],
+                      model=model, head_init=head_init,
+                      model_state=model_state)
+    _, path = inner_adapt(start, task["support_x"], task["support_y"],
                           model=model, kind=kind, inner_lr=inner_lr,
                           inner_steps=inner_steps, inner_rules=inner_rules,
                           return_path=True, model_state=model_state,
                           lr_tree=lr_tree, inner_tx=inner_tx)
     path = jax.tree.map(lambda p0, ps: jnp.concatenate([p0[None], ps]),
-                        params, path)
+                        start, path)
     return jax.vmap(lambda p: _task_metrics(
         kind, apply_on_task(model, p, model_state, task["query_x"]),
         task["query_y"]))(path)
@@ -238,14 +304,16 @@ def adaptation_curve(params: PyTree, batch: dict, *, model: nn.Module,
 def episode_accuracies(params: PyTree, batch: dict, *, model: nn.Module,
                        inner_lr=0.01, inner_steps: int | None = 10,
                        inner_rules=None, model_state: PyTree | None = None,
-                       lr_tree=None, inner_tx=None) -> jax.Array:
+                       lr_tree=None, inner_tx=None,
+                       head_init: str = "learned") -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` SGD steps
   (or ``inner_tx`` steps, see :func:`inner_adapt`) on each episode's
-  support set (classification)."""
+  support set (classification), from the head ``head_init`` gives."""
   return adaptation_curve(params, batch, model=model, kind="classification",
                           inner_lr=inner_lr, inner_steps=inner_steps,
                           inner_rules=inner_rules, model_state=model_state,
-                          lr_tree=lr_tree, inner_tx=inner_tx)[1][:, -1]
+                          lr_tree=lr_tree, inner_tx=inner_tx,
+                          head_init=head_init)[1][:, -1]
 
 
 # ------------------------------------------------------------------ Meta-SGD
@@ -271,7 +339,8 @@ def split_metasgd(params: PyTree) -> tuple[PyTree, PyTree]:
 
 def metasgd_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
                  inner_steps: int = 1, first_order: bool = False,
-                 inner_rules=None, axis_name: str | None = None):
+                 inner_rules=None, axis_name: str | None = None,
+                 head_init: str = "learned"):
   """The Meta-SGD meta-loss: :func:`maml_loss` with the inner step ``theta -
   alpha * grad`` elementwise, ``alpha = params['inner_lr']`` (learned with
   the rest: the meta-gradient reaches ``alpha`` through the adapted
@@ -281,20 +350,21 @@ def metasgd_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
   return maml_loss(theta, state, batch, rng, model=model, kind=kind,
                    inner_lr=1.0, inner_steps=inner_steps,
                    first_order=first_order, inner_rules=inner_rules,
-                   axis_name=axis_name, lr_tree=alpha)
+                   axis_name=axis_name, lr_tree=alpha, head_init=head_init)
 
 
 def metasgd_episode_accuracies(params: PyTree, batch: dict, *,
                                model: nn.Module, inner_steps: int = 1,
                                inner_rules=None,
-                               model_state: PyTree | None = None
-                               ) -> jax.Array:
+                               model_state: PyTree | None = None,
+                               head_init: str = "learned") -> jax.Array:
   """Per-episode query accuracy ``(tasks,)`` after ``inner_steps`` Meta-SGD
   steps with the learned rates."""
   theta, alpha = split_metasgd(params)
   return episode_accuracies(theta, batch, model=model, inner_lr=1.0,
                             inner_steps=inner_steps, inner_rules=inner_rules,
-                            model_state=model_state, lr_tree=alpha)
+                            model_state=model_state, lr_tree=alpha,
+                            head_init=head_init)
 
 
 def joint_regression_loss(params, state, batch, rng, *, model: nn.Module,
@@ -314,7 +384,7 @@ def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
               kind: str, joint: bool = False, metasgd: bool = False,
               **maml_kwargs):
   """The step of :func:`maml_loss` (``maml_kwargs``: ``inner_lr``,
-  ``inner_steps``, ``first_order``, ``inner_rules``), with ``metasgd=True``
+  ``inner_steps``, ``first_order``, ``inner_rules``, ``head_init``), with ``metasgd=True``
   of :func:`metasgd_loss` (the same but ``inner_lr``, which is learned), or
   with ``joint=True`` of the jointly pretrained regression baseline
   (:func:`joint_regression_loss`)."""

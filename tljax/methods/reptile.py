@@ -72,7 +72,7 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
                  inner_lr=0.01, inner_steps: int | None = 5,
                  inner_rules=None, train_on_query: bool = False,
                  inner_optimizer: str = "sgd", inner_b1: float = 0.0,
-                 axis_name: str | None = None):
+                 head_init: str = "learned", axis_name: str | None = None):
   """The Reptile surrogate of a meta-batch (leading task axis), whose
   gradient in ``params`` is ``params - mean_i phi_i``; see the module
   docstring. Tasks are independent, so ``train_step``'s ``pmean`` over
@@ -86,8 +86,13 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
   ``query_loss`` and ``accuracy`` are then on examples the task trained on.
 
   ``inner_optimizer``, ``inner_b1``: SGD or Adam in the inner loop
-  (:func:`inner_transform`)."""
+  (:func:`inner_transform`).
+
+  ``head_init``: the head each task's inner loop starts from
+  (:func:`tljax.methods.maml.task_head`); with ``zero`` or ``proto`` the
+  meta-learned head is never used, and its target is itself (no update)."""
   del rng, axis_name
+  maml.check_head_init(head_init, kind)
   ms = state_lib.model_state_of(state)
   theta = jax.lax.stop_gradient(params)
   inner_tx = inner_transform(inner_optimizer, inner_b1)
@@ -97,7 +102,9 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
     if train_on_query:
       x = jnp.concatenate([x, task["query_x"]])
       y = jnp.concatenate([y, task["query_y"]])
-    phi = maml.inner_adapt(theta, x, y,
+    start = maml.task_head(theta, task["support_x"], task["support_y"],
+                           model=model, head_init=head_init, model_state=ms)
+    phi = maml.inner_adapt(start, x, y,
                            model=model, kind=kind, inner_lr=inner_lr,
                            inner_steps=inner_steps, first_order=True,
                            inner_rules=inner_rules, model_state=ms,
@@ -105,6 +112,8 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
     out = maml.apply_on_task(model, phi, ms, task["query_x"])
     acc = (losses.accuracy(out, task["query_y"]) if kind == "classification"
            else jnp.zeros(()))
+    if head_init != "learned":
+      phi = dict(phi, head=theta["head"])
     return phi, maml.task_loss(kind, out, task["query_y"]), acc
 
   phi, query_loss, acc = jax.vmap(one)(episodes.task_arrays(batch))
@@ -120,15 +129,17 @@ def reptile_loss(params, state, batch, rng, *, model: nn.Module, kind: str,
 def make_step(model: nn.Module, tx: optax.GradientTransformation, *,
               kind: str, inner_lr=0.01, inner_steps: int | None = 5,
               inner_rules=None, train_on_query: bool = False,
-              inner_optimizer: str = "sgd", inner_b1: float = 0.0):
+              inner_optimizer: str = "sgd", inner_b1: float = 0.0,
+              head_init: str = "learned"):
   """The Reptile step: :func:`reptile_loss` under ``tx`` (``optax.sgd(
-  epsilon)`` for the paper's update; ``train_on_query``, ``inner_optimizer``
-  and ``inner_b1``: see there)."""
+  epsilon)`` for the paper's update; ``train_on_query``, ``inner_optimizer``,
+  ``inner_b1`` and ``head_init``: see there)."""
   maml.check_config(kind, inner_steps, inner_lr)
+  maml.check_head_init(head_init, kind)
   inner_transform(inner_optimizer, inner_b1)   # fail here, not when traced
   return state_lib.loss_step(reptile_loss, tx, model=model, kind=kind,
                              inner_lr=inner_lr, inner_steps=inner_steps,
                              inner_rules=inner_rules,
                              train_on_query=train_on_query,
                              inner_optimizer=inner_optimizer,
-                             inner_b1=inner_b1)
+                             inner_b1=inner_b1, head_init=head_init)
