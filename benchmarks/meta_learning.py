@@ -285,6 +285,15 @@ HELDOUT_FEW = [
       "maml.test_inner_steps": 50}),
     ("metasgd", "Meta-SGD (Li et al. 2017)", {}),
     ("hypernet", "model-based: generated head (Qiao et al. 2018)", {}),
+    # Each task's head built from its support's class means (Proto-MAML,
+    # Triantafillou et al. 2020), so the initialisation cannot memorise the
+    # training classes' labels; SGD at 0.1 from that head diverges in MAML,
+    # so MAML and Meta-SGD (the rates' start) step at 0.01.
+    ("maml", "MAML, proto head (Proto-MAML, Triantafillou et al. 2020), "
+     "inner rate 0.01", {"maml.head_init": "proto", "maml.inner_lr": 0.01}),
+    ("anil", "ANIL, proto head", {"maml.head_init": "proto"}),
+    ("metasgd", "Meta-SGD, proto head, rates from 0.01",
+     {"maml.head_init": "proto", "maml.inner_lr": 0.01}),
 ]
 HELDOUT_METRIC = [
     ("softmax", "pretrained classifier's features (softmax, the baseline)",

@@ -69,6 +69,25 @@ def test_claim_records_the_config_and_names_every_field_that_differs(
   assert "new workdir" in msg
 
 
+def test_claim_treats_an_added_field_as_its_old_value(tmp_path):
+  """A workdir recorded before a field existed resumes when the field has
+  the value that reproduces the old runs, and only then."""
+  wd = str(tmp_path)
+  workdir_lib.claim(wd, {"seed": 0, "maml": {"inner_lr": 0.1}})
+  added = {"maml.head_init": "learned"}
+  workdir_lib.claim(wd, {"seed": 0, "maml": {"inner_lr": 0.1,
+                                             "head_init": "learned"}},
+                    added=added)
+  with pytest.raises(ValueError, match="maml.head_init: 'learned' there, "
+                     "'proto' now"):
+    workdir_lib.claim(wd, {"seed": 0, "maml": {"inner_lr": 0.1,
+                                               "head_init": "proto"}},
+                      added=added)
+  with pytest.raises(ValueError, match="'<missing>' there"):
+    workdir_lib.claim(wd, {"seed": 0, "maml": {"inner_lr": 0.1,
+                                               "head_init": "learned"}})
+
+
 def test_trim_jsonl_drops_records_after_the_resumed_step(tmp_path):
   path = str(tmp_path / "metrics.jsonl")
   for s in (2, 4, 6):

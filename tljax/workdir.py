@@ -243,14 +243,16 @@ def _flatten(cfg, prefix="") -> dict[str, Any]:
   return out
 
 
-def claim(workdir: str | None, config, *, ignore=()) -> None:
+def claim(workdir: str | None, config, *, ignore=(), added=None) -> None:
   """Records ``config`` as the config of ``workdir`` (``config.json``), or
   checks that the one recorded there agrees with it.
 
   A workdir holds one run: resuming it, or re-running a finished one, with
   another config would stamp the new settings on the old model. Every field
   except those named in ``ignore`` (settings that cannot change the result,
-  like ``log_every``) must agree.
+  like ``log_every``) must agree. ``added`` maps dotted field names that
+  configs gained after a release to the value that reproduces what runs
+  made before had: a recorded config without the field holds that value.
 
   Raises:
     ValueError: naming every field that differs, and what to do.
@@ -265,6 +267,7 @@ def claim(workdir: str | None, config, *, ignore=()) -> None:
       old = _flatten(json.load(f))
     new = _flatten(cfg)
     skip = lambda k: any(k == i or k.endswith("." + i) for i in ignore)  # noqa: E731
+    old = {**{k: v for k, v in (added or {}).items() if k in new}, **old}
     diff = sorted(k for k in set(old) | set(new)
                   if not skip(k) and old.get(k, "<missing>")
                   != new.get(k, "<missing>"))

@@ -39,6 +39,9 @@ PyTree = Any
 # with other values of these (tljax.workdir.claim).
 HARMLESS_FIELDS = ("log_every", "eval_every", "checkpoint_every", "plot",
                    "parallel", "data_dir", "steps_per_call")
+# Config fields added after workdirs existed, with the value runs made
+# before them had: such a workdir resumes with that value and no other.
+ADDED_FIELDS = {"maml.head_init": "learned"}
 
 
 def validate(config) -> None:
@@ -106,7 +109,8 @@ def fit(trainer_: trainer_lib.Trainer, state, batches_from:
   ``eval_every``, ``log_every`` and ``checkpoint_every``. The workdir
   records the config that trains in it, and refuses another one
   (:func:`tljax.workdir.claim`)."""
-  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS)
+  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS,
+                    added=ADDED_FIELDS)
   return trainer_.fit(
       state, batches_from,
       num_steps=config.num_steps if num_steps is None else num_steps,
@@ -301,7 +305,8 @@ def sweep_cells(config, workdir: str | None) -> Iterator[Cells]:
   """The :class:`Cells` of a sweep in ``workdir``, which the sweep holds
   (:func:`tljax.workdir.hold`) and whose recorded config must be this one
   (:func:`tljax.workdir.claim`)."""
-  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS)
+  workdir_lib.claim(workdir, config, ignore=HARMLESS_FIELDS,
+                    added=ADDED_FIELDS)
   with workdir_lib.hold(workdir):
     yield Cells(workdir)
 
