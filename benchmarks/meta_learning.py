@@ -19,6 +19,9 @@ the overrides shown in each row), then writes the markdown tables:
 3. Triplet and contrastive embeddings: recall@1/@5 and verification AUC on
    held-out classes against raw inputs.
 
+   Each learned row of 1-3 is ``--seeds`` training runs (mean ± std over
+   seeds, and the mean 95% interval over test episodes or tasks).
+
 4. ``--suites=coil,digits`` (real images, the ``,coil`` / ``,digits``
    presets of the configs): metric learning and 5-way 1-/5-shot episodes
    on held-out classes (COIL-20: objects 0-9 / 10-19 of all 1440 images of
@@ -66,10 +69,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Markdown file to write "
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke-test configs only.")
 _SUITES = flags.DEFINE_list("suites", ["mnist1d", "coil", "digits"],
                             "Which tables: mnist1d (few-shot, sinusoids, "
-                            "metric; seed 0), coil, digits (held-out "
-                            "classes of real images, over --seeds seeds).")
+                            "metric), coil, digits (held-out classes of "
+                            "real images).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Training seeds per learned row "
-                              "of the coil and digits tables.")
+                              "of every table.")
 SUITES = ("mnist1d", "coil", "digits")
 
 COMMAND = ("nice python benchmarks/meta_learning.py "
@@ -91,67 +94,68 @@ def _flags(overrides):
   return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
 
 
-def _pm(mean, ci, digits=3):
-  return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
-def _mse_cell(m, k):
-  if f"mse_after_{k}" not in m:
+def _mse_cell(rows, k):
+  """Query MSE after ``k`` steps over seeds: mean ± std [mean 95% interval
+  over tasks], and the diverged tasks (excluded) summed over seeds."""
+  if f"mse_after_{k}" not in rows[0]:
     return "-"
-  cell = _pm(m[f"mse_after_{k}"], m[f"mse_after_{k}_ci95"])
-  n = m.get(f"diverged_after_{k}", 0)
-  return cell + (f" ({n} of {m['test_episodes']} tasks diverged, excluded)"
-                 if n else "")
+  cell = (f"{_ms([m[f'mse_after_{k}'] for m in rows])} "
+          f"[±{np.mean([m[f'mse_after_{k}_ci95'] for m in rows]):.3f}]")
+  n = sum(m.get(f"diverged_after_{k}", 0) for m in rows)
+  total = sum(m["test_episodes"] for m in rows)
+  return cell + (f" ({n} of {total} tasks diverged, excluded)" if n else "")
 
 
-def _verdict(a, ca, b, cb):
-  """'beats', 'loses to' or 'ties with' (95% intervals overlap)."""
-  if a - ca > b + cb:
-    return "beats"
-  if a + ca < b - cb:
-    return "loses to"
-  return "ties with (intervals overlap)"
-
-
-def _comparisons(few, raw, methods, sine, metric):
+def _comparisons(few, methods, sine, metric):
+  """The verdicts of the mnist1d tables, over seeds (:func:`_seed_verdict`)."""
   out = []
+  acc = lambda rows: [m["test_accuracy"] for m in rows]  # noqa: E731
   base_label = methods[0][1]
   for shot in (1, 5):
-    b = few[(base_label, shot)]
+    b = acc(few[(base_label, shot)])
     for _, label, _ in methods[1:]:
-      m = few[(label, shot)]
-      out.append(
-          f"- {shot}-shot: {label} ({m['test_accuracy']:.3f}) "
-          f"{_verdict(m['test_accuracy'], m['test_ci95'], b['test_accuracy'], b['test_ci95'])} "
-          f"the pretrained-embedding baseline ({b['test_accuracy']:.3f}).")
+      a = acc(few[(label, shot)])
+      out.append(f"- {shot}-shot: {label} ({np.mean(a):.3f}) "
+                 f"{_seed_verdict(a, b)} the pretrained-embedding baseline "
+                 f"({np.mean(b):.3f}).")
   labels = list(sine)
   ma, pre = sine[labels[0]], sine[labels[1]]
   for k in (1, 10):
     key = f"mse_after_{k}"
-    if key in ma:
+    if key in ma[0]:
+      div = [sum(m.get(f"diverged_after_{k}", 0) for m in rows)
+             for rows in (ma, pre)]
       # Lower MSE is better: compare negated values.
-      div = [f"{n} diverged" for n in (ma.get(f"diverged_after_{k}", 0),
-                                       pre.get(f"diverged_after_{k}", 0))]
+      a, b = [-m[key] for m in ma], [-m[key] for m in pre]
       out.append(
-          f"- sinusoids, {k} step(s) ({div[0]} / {div[1]} tasks): "
-          f"MAML (MSE {ma[key]:.3f}) "
-          f"{_verdict(-ma[key], ma[key + '_ci95'], -pre[key], pre[key + '_ci95'])} "
-          f"the jointly pretrained model fine-tuned the same way "
-          f"({pre[key]:.3f}).")
+          f"- sinusoids, {k} step(s) ({div[0]} / {div[1]} tasks diverged): "
+          f"MAML (MSE {-np.mean(a):.3f}) {_seed_verdict(a, b)} the jointly "
+          f"pretrained model fine-tuned the same way ({-np.mean(b):.3f}).")
+  col = lambda rows, k: [m[k] for m in rows]  # noqa: E731
   base = next(iter(metric.values()))
-  for label, m in list(metric.items())[1:]:
+  for label, rows in list(metric.items())[1:]:
     for k in ("recall@1", "map@r"):
-      for what, ref in (("raw inputs", base["raw_" + k]),
-                        ("the classifier's features", base[k])):
-        word = ("beats" if m[k] > ref else "loses to" if m[k] < ref
-                else "equals")
-        out.append(f"- {label}: {k} {m[k]:.3f} {word} {what} ({ref:.3f}) "
-                   "(single run, no interval).")
+      a, b, raw_k = col(rows, k), col(base, k), base[0]["raw_" + k]
+      word = ("beats" if np.mean(a) > raw_k else "loses to"
+              if np.mean(a) < raw_k else "equals")
+      out.append(f"- {label}: {k} {np.mean(a):.3f} {word} raw inputs "
+                 f"({raw_k:.3f}) and {_seed_verdict(a, b)} the "
+                 f"classifier's features ({np.mean(b):.3f}).")
   return out
 
 
-def _mnist1d_section(run, root):
-  """Tables 1-3 (mnist1d, seed 0): the lines of the mnist1d section."""
+def _seed_tag(tag, seed):
+  """A run's workdir name: seed 0 keeps the name the seed-0-only tables
+  used, so their finished workdirs resume."""
+  return f"{tag}_s{seed}" if seed else tag
+
+
+def _mnist1d_section(run, root, seeds):
+  """Tables 1-3 (mnist1d) over ``seeds``: the lines of the mnist1d
+  section."""
+  acc = lambda rows: [m["test_accuracy"] for m in rows]  # noqa: E731
+  ci = lambda rows: np.mean([m["test_ci95"] for m in rows])  # noqa: E731
+  col = lambda rows, k: [m[k] for m in rows]  # noqa: E731
   # ------------------------------------------------------- 1. few-shot
   few = {}
   methods = [("baseline", "pretrained embedding + nearest centroid", {}),
@@ -163,25 +167,35 @@ def _mnist1d_section(run, root):
   raw = {}
   for shot in (1, 5):
     shot_over = {"k_shot": shot} if shot != 1 else {}
-    cfg = _config(meta_config, "protonet", shot_over)
-    raw[shot] = meta.raw_nearest_centroid(cfg)
+    raw[shot] = [meta.raw_nearest_centroid(_config(
+        meta_config, "protonet", {**shot_over, "seed": seed}))
+                 for seed in seeds]
     for name, label, over in methods:
       tag = f"{name}{'_fo' if over else ''}_{shot}shot"
-      few[(label, shot)] = run("meta", name, {**shot_over, **over}, tag)[0]
+      few[(label, shot)] = [
+          run("meta", name, {**shot_over, **over, "seed": seed},
+              _seed_tag(tag, seed))[0] for seed in seeds]
 
   # ------------------------------------------------------- 2. sinusoids
   sine = {}
+  low_label = "pretrained jointly, fine-tuned at lr 0.001"
   for name, label in (("sinusoid_maml", "MAML (second order)"),
                       ("sinusoid_pretrained", "pretrained jointly")):
-    sine[label], cfg, wd = run("meta", name, {}, name)
-  # The pretrained model fine-tuned with a 10x smaller step as well (the
-  # shared rate 0.01 overshoots for it), from its saved parameters.
-  params = checkpoint.load_params(os.path.join(root, "sinusoid_pretrained",
-                                               "params"))
-  low = meta.sinusoid_evaluate(params, cfg, inner_lr=0.001)
-  low.update(seconds=0.0, steps=cfg.num_steps,
-             test_episodes=cfg.test_episodes, cmd="(the run above, fine-tuned at inner_lr 0.001)")
-  sine["pretrained jointly, fine-tuned at lr 0.001"] = low
+    sine[label] = []
+    for seed in seeds:
+      m, cfg, wd = run("meta", name, {"seed": seed}, _seed_tag(name, seed))
+      sine[label].append(m)
+      if name != "sinusoid_pretrained":
+        continue
+      # The pretrained model fine-tuned with a 10x smaller step as well
+      # (the shared rate 0.01 overshoots for it), from its saved params.
+      low = meta.sinusoid_evaluate(
+          checkpoint.load_params(os.path.join(wd, "params")), cfg,
+          inner_lr=0.001)
+      low.update(seconds=0.0, steps=cfg.num_steps,
+                 test_episodes=cfg.test_episodes,
+                 cmd="(the runs above, fine-tuned at inner_lr 0.001)")
+      sine.setdefault(low_label, []).append(low)
 
   # ------------------------------------------------------- 3. metric
   metric = {}
@@ -189,49 +203,57 @@ def _mnist1d_section(run, root):
                                   "(softmax, the baseline)"),
                       ("triplet", "triplet, batch-all mining"),
                       ("contrastive", "Siamese, contrastive")):
-    metric[label] = run("metric", loss, {}, f"metric_{loss}")[0]
+    metric[label] = [run("metric", loss, {"seed": seed},
+                         _seed_tag(f"metric_{loss}", seed))[0]
+                     for seed in seeds]
 
+  n, seed_list = len(seeds), ",".join(map(str, seeds))
   lines = [
-      "Seed 0, one run per row: the intervals cover episode sampling, not "
-      "training seeds (the coil and digits sections report both).",
+      f"Every learned row is {n} training run(s), seeds {seed_list}: mean ± "
+      "std over the seeds, then [the mean over seeds of the 95% interval "
+      "over the test episodes or tasks]; each seed draws its own test "
+      "episodes. The command is seed 0's; the other seeds add "
+      "--config.seed=N (workdir suffix _sN).",
       "",
       "### 1. Few-shot classification on held-out classes",
       "",
       "mnist1d (standard preset): meta-train on digits 0-4 (train split), "
-      "5-way episodes of digits 5-9 (test split), 15 queries per class; test "
-      "accuracy, mean ± 95% interval over 600 test episodes (the same "
-      "episodes for every row). All learners use the same MLP (128, 128) "
+      "5-way episodes of digits 5-9 (test split), 15 queries per class, 600 "
+      "test episodes per run. All learners use the same MLP (128, 128) "
       "backbone.",
       "",
-      "| method | 5-way 1-shot | 5-way 5-shot | steps | s (1-shot / 5-shot) "
-      "| command (1-shot; 5-shot adds --config.k_shot=5) |",
+      "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1-shot / "
+      "5-shot) | command (1-shot; 5-shot adds --config.k_shot=5) |",
       "|---|---|---|---|---|---|",
       f"| nearest centroid on raw inputs (no learning) | "
-      f"{_pm(*raw[1])} | {_pm(*raw[5])} | 0 | - | "
+      f"{_ms([r[0] for r in raw[1]])} [±{np.mean([r[1] for r in raw[1]]):.3f}]"
+      f" | {_ms([r[0] for r in raw[5]])} "
+      f"[±{np.mean([r[1] for r in raw[5]]):.3f}] | 0 | - | "
       "`meta.raw_nearest_centroid(config)` |",
   ]
   for _, label, _ in methods:
     a, b = few[(label, 1)], few[(label, 5)]
     lines.append(
-        f"| {label} | {_pm(a['test_accuracy'], a['test_ci95'])} | "
-        f"{_pm(b['test_accuracy'], b['test_ci95'])} | {a['steps']} | "
-        f"{a['seconds']:.0f} / {b['seconds']:.0f} | `{a['cmd']}` |")
+        f"| {label} | {_ms(acc(a))} [±{ci(a):.3f}] | {_ms(acc(b))} "
+        f"[±{ci(b):.3f}] | {a[0]['steps']} | "
+        f"{np.mean(col(a, 'seconds')):.0f} / "
+        f"{np.mean(col(b, 'seconds')):.0f} | `{a[0]['cmd']}` |")
   lines += [
       "",
       "### 2. MAML on sinusoids",
       "",
       "y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]; "
-      "10-shot support, 100 query points, 600 test tasks; query MSE (mean ± "
-      "95% interval) after k plain SGD steps on the support set (rate 0.01 "
-      "unless stated). MLP (40, 40) regressor as in the paper.",
+      "10-shot support, 100 query points, 600 test tasks per run; query MSE "
+      "after k plain SGD steps on the support set (rate 0.01 unless "
+      "stated). MLP (40, 40) regressor as in the paper.",
       "",
-      "| initialisation | k=0 | k=1 | k=10 | steps | s | command |",
+      "| initialisation | k=0 | k=1 | k=10 | steps | s per run | command |",
       "|---|---|---|---|---|---|---|",
   ]
-  for label, m in sine.items():
-    cells = " | ".join(_mse_cell(m, k) for k in (0, 1, 10))
-    lines.append(f"| {label} | {cells} | {m['steps']} | "
-                 f"{m['seconds']:.0f} | `{m['cmd']}` |")
+  for label, rows in sine.items():
+    cells = " | ".join(_mse_cell(rows, k) for k in (0, 1, 10))
+    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
+                 f"{np.mean(col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
   lines += [
       "",
       "### 3. Metric learning: retrieval and verification on held-out classes",
@@ -243,21 +265,22 @@ def _mnist1d_section(run, root):
       "docs/metric_learning_settings.md.",
       "",
       "| embedding | recall@1 | recall@5 | MAP@R | R-precision | "
-      "verification AUC | steps | s | command |",
+      "verification AUC | steps | s per run | command |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
-  first = next(iter(metric.values()))
+  first = next(iter(metric.values()))[0]
   lines.append(f"| raw inputs (no learning) | {first['raw_recall@1']:.3f} | "
                f"{first['raw_recall@5']:.3f} | {first['raw_map@r']:.3f} | "
                f"{first['raw_r_precision']:.3f} | {first['raw_auc']:.3f} | "
                "0 | - | (raw_* in each run's results.json) |")
-  for label, m in metric.items():
-    lines.append(f"| {label} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | "
-                 f"{m['map@r']:.3f} | {m['r_precision']:.3f} | "
-                 f"{m['auc']:.3f} | {m['steps']} | {m['seconds']:.0f} | "
-                 f"`{m['cmd']}` |")
-  lines += ["", "### Comparisons (computed from the rows above)", ""]
-  lines += _comparisons(few, raw, methods, sine, metric)
+  for label, rows in metric.items():
+    cells = " | ".join(_ms(col(rows, k)) for k in (
+        "recall@1", "recall@5", "map@r", "r_precision", "auc"))
+    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
+                 f"{np.mean(col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+  lines += ["", "### Comparisons (computed from the rows above, over seeds)",
+            ""]
+  lines += _comparisons(few, methods, sine, metric)
   return lines
 
 
@@ -504,9 +527,9 @@ def main(argv):
   for suite in _SUITES.value:
     t0 = time.time()
     if suite == "mnist1d":
-      lines = _mnist1d_section(run, root)
+      lines = _mnist1d_section(run, root, list(range(_SEEDS.value)))
       title = "mnist1d: few-shot, sinusoids, metric learning"
-      args = "--suites=mnist1d"
+      args = f"--suites=mnist1d --seeds={_SEEDS.value}"
     else:
       lines = _heldout_section(suite, run, list(range(_SEEDS.value)))
       if lines is None:
@@ -521,7 +544,9 @@ def main(argv):
          f"{(time.time() - t0) / 60:.1f} min. Each row's equivalent single "
          "command is in the last column (workdirs under /tmp). "
          "Hyperparameters are the configs' defaults, set by hand and not "
-         "tuned per method (there is no separate validation class split).",
+         "tuned per method (there is no separate validation class split), "
+         "with the overrides a row names (chosen on seed 0's held-out "
+         "episodes, docs/metric_learning_settings.md).",
          ""] + lines)
     print(sections[suite])
   header = "\n".join([
