@@ -94,6 +94,67 @@ def _flags(overrides):
   return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
 
 
+def _acc(rows):
+  return [m["test_accuracy"] for m in rows]
+
+
+def _col(rows, k):
+  return [m[k] for m in rows]
+
+
+def _raw_row(raw):
+  """The few-shot table's nearest-centroid-on-raw-inputs row: ``raw[shot]``
+  holds one ``(accuracy, 95% interval)`` per seed."""
+  cells = [f"{_ms([r[0] for r in raw[k]])} "
+           f"[±{np.mean([r[1] for r in raw[k]]):.3f}]" for k in (1, 5)]
+  return (f"| nearest centroid on raw inputs (no learning) | {cells[0]} | "
+          f"{cells[1]} | 0 | - | `meta.raw_nearest_centroid(config)` |")
+
+
+def _few_rows(few, methods):
+  """The few-shot table's learned rows, over seeds."""
+  lines = []
+  for _, label, _ in methods:
+    a, b = few[(label, 1)], few[(label, 5)]
+    lines.append(
+        f"| {label} | {_ms(_acc(a))} [±{np.mean(_col(a, 'test_ci95')):.3f}]"
+        f" | {_ms(_acc(b))} [±{np.mean(_col(b, 'test_ci95')):.3f}] | "
+        f"{a[0]['steps']} | {np.mean(_col(a, 'seconds')):.0f} / "
+        f"{np.mean(_col(b, 'seconds')):.0f} | `{a[0]['cmd']}` |")
+  return lines
+
+
+def _few_verdicts(few, methods):
+  """Each learner against the first row (the pretrained-embedding
+  baseline), over seeds (:func:`_seed_verdict`)."""
+  out = []
+  base_label = methods[0][1]
+  for shot in (1, 5):
+    b = _acc(few[(base_label, shot)])
+    for _, label, _ in methods[1:]:
+      a = _acc(few[(label, shot)])
+      out.append(f"- {shot}-shot: {label} ({np.mean(a):.3f}) "
+                 f"{_seed_verdict(a, b)} the pretrained-embedding baseline "
+                 f"({np.mean(b):.3f}).")
+  return out
+
+
+def _metric_verdicts(metric):
+  """Each embedding against raw inputs and the first row (the classifier's
+  features) on recall@1 and MAP@R, over seeds."""
+  out = []
+  base = next(iter(metric.values()))
+  for label, rows in list(metric.items())[1:]:
+    for k in ("recall@1", "map@r"):
+      a, b, raw_k = _col(rows, k), _col(base, k), base[0]["raw_" + k]
+      word = ("beats" if np.mean(a) > raw_k else "loses to"
+              if np.mean(a) < raw_k else "equals")
+      out.append(f"- {label}: {k} {np.mean(a):.3f} {word} raw inputs "
+                 f"({raw_k:.3f}) and {_seed_verdict(a, b)} the "
+                 f"classifier's features ({np.mean(b):.3f}).")
+  return out
+
+
 def _mse_cell(rows, k):
   """Query MSE after ``k`` steps over seeds: mean ± std [mean 95% interval
   over tasks], and the diverged tasks (excluded) summed over seeds."""
@@ -108,16 +169,7 @@ def _mse_cell(rows, k):
 
 def _comparisons(few, methods, sine, metric):
   """The verdicts of the mnist1d tables, over seeds (:func:`_seed_verdict`)."""
-  out = []
-  acc = lambda rows: [m["test_accuracy"] for m in rows]  # noqa: E731
-  base_label = methods[0][1]
-  for shot in (1, 5):
-    b = acc(few[(base_label, shot)])
-    for _, label, _ in methods[1:]:
-      a = acc(few[(label, shot)])
-      out.append(f"- {shot}-shot: {label} ({np.mean(a):.3f}) "
-                 f"{_seed_verdict(a, b)} the pretrained-embedding baseline "
-                 f"({np.mean(b):.3f}).")
+  out = _few_verdicts(few, methods)
   labels = list(sine)
   ma, pre = sine[labels[0]], sine[labels[1]]
   for k in (1, 10):
@@ -131,17 +183,7 @@ def _comparisons(few, methods, sine, metric):
           f"- sinusoids, {k} step(s) ({div[0]} / {div[1]} tasks diverged): "
           f"MAML (MSE {-np.mean(a):.3f}) {_seed_verdict(a, b)} the jointly "
           f"pretrained model fine-tuned the same way ({-np.mean(b):.3f}).")
-  col = lambda rows, k: [m[k] for m in rows]  # noqa: E731
-  base = next(iter(metric.values()))
-  for label, rows in list(metric.items())[1:]:
-    for k in ("recall@1", "map@r"):
-      a, b, raw_k = col(rows, k), col(base, k), base[0]["raw_" + k]
-      word = ("beats" if np.mean(a) > raw_k else "loses to"
-              if np.mean(a) < raw_k else "equals")
-      out.append(f"- {label}: {k} {np.mean(a):.3f} {word} raw inputs "
-                 f"({raw_k:.3f}) and {_seed_verdict(a, b)} the "
-                 f"classifier's features ({np.mean(b):.3f}).")
-  return out
+  return out + _metric_verdicts(metric)
 
 
 def _seed_tag(tag, seed):
@@ -153,9 +195,6 @@ def _seed_tag(tag, seed):
 def _mnist1d_section(run, root, seeds):
   """Tables 1-3 (mnist1d) over ``seeds``: the lines of the mnist1d
   section."""
-  acc = lambda rows: [m["test_accuracy"] for m in rows]  # noqa: E731
-  ci = lambda rows: np.mean([m["test_ci95"] for m in rows])  # noqa: E731
-  col = lambda rows, k: [m[k] for m in rows]  # noqa: E731
   # ------------------------------------------------------- 1. few-shot
   few = {}
   methods = [("baseline", "pretrained embedding + nearest centroid", {}),
@@ -225,19 +264,9 @@ def _mnist1d_section(run, root, seeds):
       "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1-shot / "
       "5-shot) | command (1-shot; 5-shot adds --config.k_shot=5) |",
       "|---|---|---|---|---|---|",
-      f"| nearest centroid on raw inputs (no learning) | "
-      f"{_ms([r[0] for r in raw[1]])} [±{np.mean([r[1] for r in raw[1]]):.3f}]"
-      f" | {_ms([r[0] for r in raw[5]])} "
-      f"[±{np.mean([r[1] for r in raw[5]]):.3f}] | 0 | - | "
-      "`meta.raw_nearest_centroid(config)` |",
+      _raw_row(raw),
   ]
-  for _, label, _ in methods:
-    a, b = few[(label, 1)], few[(label, 5)]
-    lines.append(
-        f"| {label} | {_ms(acc(a))} [±{ci(a):.3f}] | {_ms(acc(b))} "
-        f"[±{ci(b):.3f}] | {a[0]['steps']} | "
-        f"{np.mean(col(a, 'seconds')):.0f} / "
-        f"{np.mean(col(b, 'seconds')):.0f} | `{a[0]['cmd']}` |")
+  lines += _few_rows(few, methods)
   lines += [
       "",
       "### 2. MAML on sinusoids",
@@ -253,7 +282,7 @@ def _mnist1d_section(run, root, seeds):
   for label, rows in sine.items():
     cells = " | ".join(_mse_cell(rows, k) for k in (0, 1, 10))
     lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
-                 f"{np.mean(col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
   lines += [
       "",
       "### 3. Metric learning: retrieval and verification on held-out classes",
@@ -274,10 +303,10 @@ def _mnist1d_section(run, root, seeds):
                f"{first['raw_r_precision']:.3f} | {first['raw_auc']:.3f} | "
                "0 | - | (raw_* in each run's results.json) |")
   for label, rows in metric.items():
-    cells = " | ".join(_ms(col(rows, k)) for k in (
+    cells = " | ".join(_ms(_col(rows, k)) for k in (
         "recall@1", "recall@5", "map@r", "r_precision", "auc"))
     lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
-                 f"{np.mean(col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
   lines += ["", "### Comparisons (computed from the rows above, over seeds)",
             ""]
   lines += _comparisons(few, methods, sine, metric)
@@ -403,21 +432,9 @@ def _heldout_section(preset, run, seeds):
       "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1 / 5-shot)"
       " | command (1-shot; 5-shot adds --config.k_shot=5) |",
       "|---|---|---|---|---|---|",
-      f"| nearest centroid on raw inputs (no learning) | "
-      f"{_ms([r[0] for r in raw[1]])} [±{np.mean([r[1] for r in raw[1]]):.3f}]"
-      f" | {_ms([r[0] for r in raw[5]])} "
-      f"[±{np.mean([r[1] for r in raw[5]]):.3f}] | 0 | - | "
-      "`meta.raw_nearest_centroid(config)` |",
+      _raw_row(raw),
   ]
-  acc = lambda rows: [m["test_accuracy"] for m in rows]  # noqa: E731
-  ci = lambda rows: np.mean([m["test_ci95"] for m in rows])  # noqa: E731
-  for _, label, _ in HELDOUT_FEW:
-    a, b = few[(label, 1)], few[(label, 5)]
-    lines.append(
-        f"| {label} | {_ms(acc(a))} [±{ci(a):.3f}] | {_ms(acc(b))} "
-        f"[±{ci(b):.3f}] | {a[0]['steps']} | "
-        f"{np.mean([m['seconds'] for m in a]):.0f} / "
-        f"{np.mean([m['seconds'] for m in b]):.0f} | `{a[0]['cmd']}` |")
+  lines += _few_rows(few, HELDOUT_FEW)
   lines += [
       "",
       "### Metric learning: retrieval on the held-out classes",
@@ -436,34 +453,14 @@ def _heldout_section(preset, run, seeds):
                f" | {first['raw_recall@5']:.3f} | {first['raw_map@r']:.3f} | "
                f"{first['raw_r_precision']:.3f} | 0 | - | (raw_* in each "
                "run's results.json) |")
-  col = lambda rows, k: [m[k] for m in rows]  # noqa: E731
   for label, rows in metric.items():
-    lines.append(
-        f"| {label} | {_ms(col(rows, 'recall@1'))} | "
-        f"{_ms(col(rows, 'recall@5'))} | {_ms(col(rows, 'map@r'))} | "
-        f"{_ms(col(rows, 'r_precision'))} | {rows[0]['steps']} | "
-        f"{np.mean(col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+    cells = " | ".join(_ms(_col(rows, k)) for k in (
+        "recall@1", "recall@5", "map@r", "r_precision"))
+    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
+                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
   lines += ["", "### Comparisons (computed from the rows above, over seeds)",
             ""]
-  base = HELDOUT_FEW[0][1]
-  for shot in (1, 5):
-    b = acc(few[(base, shot)])
-    for _, label, _ in HELDOUT_FEW[1:]:
-      a = acc(few[(label, shot)])
-      lines.append(f"- {shot}-shot: {label} ({np.mean(a):.3f}) "
-                   f"{_seed_verdict(a, b)} the pretrained-embedding "
-                   f"baseline ({np.mean(b):.3f}).")
-  labels = list(metric)
-  for label in labels[1:]:
-    for k in ("recall@1", "map@r"):
-      a = col(metric[label], k)
-      raw_k = first["raw_" + k]
-      b = col(metric[labels[0]], k)
-      word = ("beats" if np.mean(a) > raw_k else "loses to" if
-              np.mean(a) < raw_k else "equals")
-      lines.append(f"- {label}: {k} {np.mean(a):.3f} {word} raw inputs "
-                   f"({raw_k:.3f}) and {_seed_verdict(a, b)} the "
-                   f"classifier's features ({np.mean(b):.3f}).")
+  lines += _few_verdicts(few, HELDOUT_FEW) + _metric_verdicts(metric)
   return lines
 
 
