@@ -102,18 +102,19 @@ def _col(rows, k):
   return [m[k] for m in rows]
 
 
-def _raw_row(raw):
-  """The few-shot table's nearest-centroid-on-raw-inputs row: ``raw[shot]``
-  holds one ``(accuracy, 95% interval)`` per seed."""
+def _few_table(raw, few, methods):
+  """The few-shot table over seeds: nearest centroid on raw inputs
+  (``raw[shot]``: one ``(accuracy, 95% interval)`` per seed), then each
+  learner of ``methods`` (``few[(label, shot)]``: one metrics dict per
+  seed)."""
   cells = [f"{_ms([r[0] for r in raw[k]])} "
            f"[±{np.mean([r[1] for r in raw[k]]):.3f}]" for k in (1, 5)]
-  return (f"| nearest centroid on raw inputs (no learning) | {cells[0]} | "
-          f"{cells[1]} | 0 | - | `meta.raw_nearest_centroid(config)` |")
-
-
-def _few_rows(few, methods):
-  """The few-shot table's learned rows, over seeds."""
-  lines = []
+  lines = [
+      "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1 / 5-shot)"
+      " | command (1-shot; 5-shot adds --config.k_shot=5) |",
+      "|---|---|---|---|---|---|",
+      f"| nearest centroid on raw inputs (no learning) | {cells[0]} | "
+      f"{cells[1]} | 0 | - | `meta.raw_nearest_centroid(config)` |"]
   for _, label, _ in methods:
     a, b = few[(label, 1)], few[(label, 5)]
     lines.append(
@@ -121,6 +122,20 @@ def _few_rows(few, methods):
         f" | {_ms(_acc(b))} [±{np.mean(_col(b, 'test_ci95')):.3f}] | "
         f"{a[0]['steps']} | {np.mean(_col(a, 'seconds')):.0f} / "
         f"{np.mean(_col(b, 'seconds')):.0f} | `{a[0]['cmd']}` |")
+  return lines
+
+
+def _metric_rows(metric, raw_label, keys):
+  """The retrieval table's rows over seeds: raw inputs (the ``raw_*`` of the
+  first run), then each embedding's mean ± std of ``keys``."""
+  first = next(iter(metric.values()))[0]
+  lines = [f"| {raw_label} | "
+           + " | ".join(f"{first['raw_' + k]:.3f}" for k in keys)
+           + " | 0 | - | (raw_* in each run's results.json) |"]
+  for label, rows in metric.items():
+    cells = " | ".join(_ms(_col(rows, k)) for k in keys)
+    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
+                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
   return lines
 
 
@@ -261,12 +276,8 @@ def _mnist1d_section(run, root, seeds):
       "test episodes per run. All learners use the same MLP (128, 128) "
       "backbone.",
       "",
-      "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1-shot / "
-      "5-shot) | command (1-shot; 5-shot adds --config.k_shot=5) |",
-      "|---|---|---|---|---|---|",
-      _raw_row(raw),
   ]
-  lines += _few_rows(few, methods)
+  lines += _few_table(raw, few, methods)
   lines += [
       "",
       "### 2. MAML on sinusoids",
@@ -297,16 +308,8 @@ def _mnist1d_section(run, root, seeds):
       "verification AUC | steps | s per run | command |",
       "|---|---|---|---|---|---|---|---|---|",
   ]
-  first = next(iter(metric.values()))[0]
-  lines.append(f"| raw inputs (no learning) | {first['raw_recall@1']:.3f} | "
-               f"{first['raw_recall@5']:.3f} | {first['raw_map@r']:.3f} | "
-               f"{first['raw_r_precision']:.3f} | {first['raw_auc']:.3f} | "
-               "0 | - | (raw_* in each run's results.json) |")
-  for label, rows in metric.items():
-    cells = " | ".join(_ms(_col(rows, k)) for k in (
-        "recall@1", "recall@5", "map@r", "r_precision", "auc"))
-    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
-                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+  lines += _metric_rows(metric, "raw inputs (no learning)", (
+      "recall@1", "recall@5", "map@r", "r_precision", "auc"))
   lines += ["", "### Comparisons (computed from the rows above, over seeds)",
             ""]
   lines += _comparisons(few, methods, sine, metric)
@@ -429,12 +432,8 @@ def _heldout_section(preset, run, seeds):
       "All learners use the same MLP (128, 128) backbone on the flattened "
       "images, 15 queries per class.",
       "",
-      "| method | 5-way 1-shot | 5-way 5-shot | steps | s per run (1 / 5-shot)"
-      " | command (1-shot; 5-shot adds --config.k_shot=5) |",
-      "|---|---|---|---|---|---|",
-      _raw_row(raw),
   ]
-  lines += _few_rows(few, HELDOUT_FEW)
+  lines += _few_table(raw, few, HELDOUT_FEW)
   lines += [
       "",
       "### Metric learning: retrieval on the held-out classes",
@@ -448,16 +447,8 @@ def _heldout_section(preset, run, seeds):
       "s per run | command |",
       "|---|---|---|---|---|---|---|---|",
   ]
-  first = next(iter(metric.values()))[0]
-  lines.append(f"| raw inputs (no learning, l2) | {first['raw_recall@1']:.3f}"
-               f" | {first['raw_recall@5']:.3f} | {first['raw_map@r']:.3f} | "
-               f"{first['raw_r_precision']:.3f} | 0 | - | (raw_* in each "
-               "run's results.json) |")
-  for label, rows in metric.items():
-    cells = " | ".join(_ms(_col(rows, k)) for k in (
-        "recall@1", "recall@5", "map@r", "r_precision"))
-    lines.append(f"| {label} | {cells} | {rows[0]['steps']} | "
-                 f"{np.mean(_col(rows, 'seconds')):.0f} | `{rows[0]['cmd']}` |")
+  lines += _metric_rows(metric, "raw inputs (no learning, l2)", (
+      "recall@1", "recall@5", "map@r", "r_precision"))
   lines += ["", "### Comparisons (computed from the rows above, over seeds)",
             ""]
   lines += _few_verdicts(few, HELDOUT_FEW) + _metric_verdicts(metric)
