@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tljax import models
+from tljax.data import episodes
 from tljax.drivers import meta
 from tljax.drivers import metric
 
@@ -56,6 +57,16 @@ def test_meta_sinusoid_quick(tmp_path, name):
     bad = meta.sinusoid_evaluate(params, config, inner_lr=1e6)
     assert bad["diverged_after_0"] == 0 and np.isfinite(bad["mse_after_0"])
     assert bad["diverged_after_2"] == config.test_episodes
+    # Finite but 100x worse than before any step also counts as diverged:
+    # a rate that overshoots without overflowing.
+    curve = np.asarray(meta._sinusoid_curve(meta.sinusoid_model(config), 2)(
+        params, episodes.SinusoidTasks(seed=config.seed + 1000).batch(
+            0, config.test_episodes, config.k_shot, config.test_n_query),
+        np.float32(30.0)))
+    want = ~(np.isfinite(curve[:, 2]) & (curve[:, 2] <= 100 * curve[:, 0]))
+    assert np.isfinite(curve[:, 2]).any() and want.any()
+    got = meta.sinusoid_evaluate(params, config, inner_lr=30.0)
+    assert got["diverged_after_2"] == int(want.sum())
 
 
 @pytest.mark.parametrize("loss", ["triplet", "contrastive", "supcon",

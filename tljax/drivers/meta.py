@@ -222,14 +222,21 @@ def _classification(config, workdir):
   return state, metrics
 
 
+# A sinusoid task whose query MSE grew this many times over its MSE before
+# fine-tuning counts as diverged (:func:`sinusoid_evaluate`).
+DIVERGED_FACTOR = 100.0
+
+
 def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
                       num_tasks: int | None = None) -> dict[str, float]:
   """Query MSE (mean and 95% half-width over test tasks) after each number
   of plain SGD steps in ``config.eval_inner_steps``, at ``inner_lr``
   (default: the meta-training inner rate) on the config's test tasks.
 
-  ``diverged_after_<k>`` counts the tasks whose MSE became NaN/Inf; the mean
-  and interval are over the remaining tasks.
+  ``diverged_after_<k>`` counts the tasks SGD blew up on: MSE NaN, Inf, or
+  above ``DIVERGED_FACTOR`` times the task's own MSE before any step (a
+  finite 1e19 would swamp a mean over 600 tasks); the mean and interval
+  are over the remaining tasks.
   """
   num_tasks = num_tasks or config.test_episodes
   batch = episodes.SinusoidTasks(seed=config.seed + 1000).batch(
@@ -243,7 +250,8 @@ def sinusoid_evaluate(params: PyTree, config, *, inner_lr: float | None = None,
     # Plain SGD can blow up on a task (the jointly pretrained model does at
     # rate 0.01 on a few large-amplitude ones): count those tasks and
     # average over the others, so neither number hides the other.
-    ok = np.isfinite(curve[:, k])
+    ok = np.isfinite(curve[:, k]) & (curve[:, k]
+                                     <= DIVERGED_FACTOR * curve[:, 0])
     out[f"diverged_after_{k}"] = int((~ok).sum())
     out[f"mse_after_{k}"], out[f"mse_after_{k}_ci95"] = (
         episodes.mean_ci95(curve[ok, k]) if ok.any()
