@@ -151,3 +151,27 @@ def test_head_init_is_checked_before_training(tmp_path, name, head_init,
   config.maml.head_init = head_init
   with pytest.raises(ValueError, match=msg):
     meta.train_and_evaluate(config, str(tmp_path))
+
+
+def test_init_from_loads_the_backbone_of_a_saved_classifier(tmp_path):
+  """A MAML learner started from the baseline's workdir, scored with the
+  proto head and no inner step, makes the baseline's own predictions: its
+  nearest-centroid accuracy on the same test episodes. The learner's
+  training is made a no-op (SGD at 1e-30) so the loaded backbone is what
+  gets scored."""
+  base_cfg = meta_config.get_config("baseline,quick")
+  base = meta.train_and_evaluate(base_cfg, str(tmp_path / "base"))
+  config = meta_config.get_config("maml,quick")
+  config.init_from = str(tmp_path / "base")
+  config.maml.head_init = "proto"
+  config.maml.test_inner_steps = 0
+  config.optim.name, config.optim.learning_rate = "sgd", 1e-30
+  got = meta.train_and_evaluate(config, str(tmp_path / "maml"))
+  assert got["test_accuracy"] == pytest.approx(base["test_accuracy"])
+  config.init_from = ""   # the same learner from its own init differs
+  fresh = meta.train_and_evaluate(config, str(tmp_path / "fresh"))
+  assert fresh["test_accuracy"] != pytest.approx(base["test_accuracy"])
+  config = meta_config.get_config("protonet,quick")
+  config.init_from = str(tmp_path / "base")
+  with pytest.raises(ValueError, match="init_from is for maml"):
+    meta.train_and_evaluate(config, str(tmp_path / "proto"))

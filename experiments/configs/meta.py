@@ -80,6 +80,11 @@ def get_config(arg: str = "protonet") -> ml_collections.ConfigDict:
   config.test_episodes = 600
 
   config.model = models.model_config("mlp", features=(128, 128))
+  # maml, anil, metasgd, reptile: start from a saved model's backbone (a
+  # workdir, params dir or .safetensors / .npz weights), e.g. the baseline's
+  # workdir: meta-training from a pretrained embedding (Chen et al. 2021,
+  # "Meta-Baseline"). The head starts fresh.
+  config.init_from = ""
 
   config.maml = ml_collections.ConfigDict()
   config.maml.inner_lr = 0.1

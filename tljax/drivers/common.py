@@ -41,7 +41,7 @@ HARMLESS_FIELDS = ("log_every", "eval_every", "checkpoint_every", "plot",
                    "parallel", "data_dir", "steps_per_call")
 # Config fields added after workdirs existed, with the value runs made
 # before them had: such a workdir resumes with that value and no other.
-ADDED_FIELDS = {"maml.head_init": "learned"}
+ADDED_FIELDS = {"maml.head_init": "learned", "init_from": ""}
 
 
 def validate(config) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 from tljax import evaluation
 from tljax import models
 from tljax import optim
+from tljax import workdir as workdir_lib
 from tljax.data import episodes
 from tljax.drivers import common
 from tljax.methods import hypernet
@@ -133,6 +134,11 @@ def _classification(config, workdir):
   batches_from = lambda s: train_s.batches(  # noqa: E731
       config.meta_batch_size, start_step=s)
   model_state = {}
+  if config.get("init_from") and method not in ("maml", "anil", "metasgd",
+                                                "reptile"):
+    raise ValueError(f"config.init_from is for maml, anil, metasgd and "
+                     f"reptile (a Classifier whose backbone it loads); "
+                     f"method {method!r} starts from its own init.")
   if method == "protonet":
     model = backbone
     params, model_state = models.init_variables(model, shape, config.seed)
@@ -158,6 +164,11 @@ def _classification(config, workdir):
     inner_tx = _inner_tx(config)
     model = models.Classifier(backbone, num_classes=config.n_way)
     params, model_state = models.init_variables(model, shape, config.seed)
+    if config.get("init_from"):
+      params, model_state = common.load_into(
+          config.init_from, params, dont_load=("head/.*",),
+          model_state=model_state)
+      workdir_lib.say(f"backbone loaded from {config.init_from}")
     rules = tuple(tuple(r) for r in m.inner_rules) or None
     if method == "anil" and not rules:
       raise ValueError("anil adapts only the head: set config.maml."
