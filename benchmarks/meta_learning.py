@@ -328,6 +328,10 @@ HELDOUT = {
                "train on digits 0-4 (train split, 70%), test on digits 5-9 "
                "(test split, 30%)"),
 }
+# An override value naming the workdir of the same suite's and seed's
+# baseline run (1-shot; the baseline's training does not depend on the shot).
+BASELINE_WORKDIR = "{root}/{preset}_baseline_1shot_s{seed}"
+
 HELDOUT_FEW = [
     ("baseline", "pretrained embedding + nearest centroid", {}),
     ("protonet", "ProtoNets (Snell et al. 2017)", {}),
@@ -349,6 +353,15 @@ HELDOUT_FEW = [
     ("anil", "ANIL, proto head", {"maml.head_init": "proto"}),
     ("metasgd", "Meta-SGD, proto head, rates from 0.01",
      {"maml.head_init": "proto", "maml.inner_lr": 0.01}),
+    # Meta-training from the baseline's pretrained backbone (Chen et al.
+    # 2021, "Meta-Baseline"), the same seed's baseline workdir (the first
+    # row, so it exists by then).
+    ("maml", "MAML from the baseline's backbone, proto head, inner rate 0.01",
+     {"init_from": BASELINE_WORKDIR, "maml.head_init": "proto",
+      "maml.inner_lr": 0.01}),
+    ("metasgd", "Meta-SGD from the baseline's backbone, proto head, rates "
+     "from 0.01", {"init_from": BASELINE_WORKDIR, "maml.head_init": "proto",
+                   "maml.inner_lr": 0.01}),
 ]
 HELDOUT_METRIC = [
     ("softmax", "pretrained classifier's features (softmax, the baseline)",
@@ -364,9 +377,17 @@ HELDOUT_METRIC = [
 
 
 def _tag(name, overrides):
-  """A workdir name per (method, overrides): the bare name without any."""
-  return "_".join([name] + [f"{k.rsplit('.', 1)[-1]}{v}"
-                            for k, v in sorted(overrides.items())])
+  """A workdir name per (method, overrides): the bare name without any;
+  ``init_from`` the baseline's workdir is ``from_baseline``."""
+  return "_".join([name] + [
+      "from_baseline" if v == BASELINE_WORKDIR else
+      f"{k.rsplit('.', 1)[-1]}{v}" for k, v in sorted(overrides.items())])
+
+
+def _fill(overrides, **where):
+  """``overrides`` with :data:`BASELINE_WORKDIR` made a real path."""
+  return {k: v.format(**where) if v == BASELINE_WORKDIR else v
+          for k, v in overrides.items()}
 
 
 def _ms(values, digits=3):
@@ -388,7 +409,7 @@ def _seed_verdict(a, b):
           b.mean() else "ties with")
 
 
-def _heldout_section(preset, run, seeds):
+def _heldout_section(preset, run, seeds, root):
   """The few-shot and metric tables of one real-image suite."""
   title, what = HELDOUT[preset]
   try:
@@ -407,7 +428,9 @@ def _heldout_section(preset, run, seeds):
       raw[shot].append(meta.raw_nearest_centroid(cfg))
     for name, label, over in HELDOUT_FEW:
       few[(label, shot)] = [
-          run("meta", f"{name},{preset}", {**shot_over, **over, "seed": seed},
+          run("meta", f"{name},{preset}",
+              {**shot_over, **_fill(over, root=root, preset=preset,
+                                    seed=seed), "seed": seed},
               f"{preset}_{_tag(name, over)}_{shot}shot_s{seed}")[0]
           for seed in seeds]
   metric = {}
@@ -519,7 +542,7 @@ def main(argv):
       title = "mnist1d: few-shot, sinusoids, metric learning"
       args = f"--suites=mnist1d --seeds={_SEEDS.value}"
     else:
-      lines = _heldout_section(suite, run, list(range(_SEEDS.value)))
+      lines = _heldout_section(suite, run, list(range(_SEEDS.value)), root)
       if lines is None:
         continue
       title = f"{HELDOUT[suite][0]}: held-out classes"
