@@ -175,8 +175,8 @@ def _mse_cell(rows, k):
   over tasks], and the diverged tasks (excluded) summed over seeds."""
   if f"mse_after_{k}" not in rows[0]:
     return "-"
-  cell = (f"{_ms([m[f'mse_after_{k}'] for m in rows])} "
-          f"[±{np.mean([m[f'mse_after_{k}_ci95'] for m in rows]):.3f}]")
+  cell = (f"{_ms(_col(rows, f'mse_after_{k}'))} "
+          f"[±{np.mean(_col(rows, f'mse_after_{k}_ci95')):.3f}]")
   n = sum(m.get(f"diverged_after_{k}", 0) for m in rows)
   total = sum(m["test_episodes"] for m in rows)
   return cell + (f" ({n} of {total} tasks diverged, excluded)" if n else "")
@@ -207,7 +207,7 @@ def _seed_tag(tag, seed):
   return f"{tag}_s{seed}" if seed else tag
 
 
-def _mnist1d_section(run, root, seeds):
+def _mnist1d_section(run, seeds):
   """Tables 1-3 (mnist1d) over ``seeds``: the lines of the mnist1d
   section."""
   # ------------------------------------------------------- 1. few-shot
@@ -546,7 +546,7 @@ def main(argv):
   for suite in _SUITES.value:
     t0 = time.time()
     if suite == "mnist1d":
-      lines = _mnist1d_section(run, root, list(range(_SEEDS.value)))
+      lines = _mnist1d_section(run, list(range(_SEEDS.value)))
       title = "mnist1d: few-shot, sinusoids, metric learning"
       args = f"--suites=mnist1d --seeds={_SEEDS.value}"
     else:
